@@ -1,0 +1,146 @@
+"""The one match-evidence type.
+
+A :class:`Match` says which catalogue recording a query uses, where (segments on both sides),
+how it was transformed (speed factor, pitch shift) and how strongly (aligned landmarks and a
+significance).  The same objects flow unchanged into the CLI table, ``fp match --json``,
+``fp scan`` reports and ``fp bench``: nothing downstream recomputes evidence.
+
+JSON schema of one query line (``fp match --json``, ``results.jsonl`` of ``fp scan``)::
+
+    {
+      "query": "suspect.wav",            # path (or label) of the query
+      "duration": 30.0,                  # seconds of query audio analysed
+      "error": null,                     # one-line reason when the query could not be read
+      "matches": [
+        {
+          "kind": "recording",           # landmark tier: the same recording is used
+          "reference": {"track_id": 3, "path": "...", "title": "...", "artist": "...",
+                        "isrc": "...", "rights_holder": "...", "duration": 201.3},
+          "score": 57,                   # landmarks aligned on one offset / time-scale line
+          "significance": 41.2,          # -log10 of the chance probability (see matcher)
+          "query_start": 4.02, "query_end": 9.98,          # seconds in the query
+          "reference_start": 61.3, "reference_end": 67.6,  # seconds in the reference
+          "coverage": 0.6,               # fraction of the query the segment covers
+          "speed": 1.05,                 # time-scale: reference seconds per query second
+          "pitch_semitones": 0.84,       # frequency shift of the query vs. the reference
+          "alignment": [[q_t, r_t], ...] # optional: matched landmark times (for plots)
+        }
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A catalogue recording as stored in the index metadata."""
+
+    track_id: int
+    path: str
+    duration: float = 0.0
+    title: str | None = None
+    artist: str | None = None
+    isrc: str | None = None
+    rights_holder: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def label(self) -> str:
+        """Short human-readable name: ``artist – title`` if known, else the file name."""
+        if self.title:
+            return f"{self.artist} – {self.title}" if self.artist else self.title
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Match:
+    """Evidence that a query uses one catalogue recording over one segment.
+
+    Attributes
+    ----------
+    reference : Reference
+        The matched catalogue recording.
+    score : int
+        Number of query landmarks that agree on one time offset and time-scale line.
+    significance : float
+        ``-log10`` of the probability that a chance alignment would score at least
+        ``score`` given the index and the query size (higher is stronger; ``>= 6`` is
+        roughly "one in a million queries").
+    query_start, query_end : float
+        Segment of the query, in seconds, spanned by the aligned landmarks.
+    reference_start, reference_end : float
+        The corresponding segment of the reference recording, in seconds.
+    coverage : float
+        ``(query_end - query_start) / query duration``.
+    speed : float
+        Reference seconds per query second: ``1.25`` means the query plays the
+        reference 25 % faster (tempo); 1.0 when unchanged.
+    pitch_semitones : float
+        Frequency shift of the query relative to the reference, in semitones.
+        A plain speed change ``s`` gives ``12 * log2(s)``; tempo-only changes give 0.
+    kind : str
+        ``"recording"`` for landmark matches.
+    alignment : list of (float, float)
+        Query and reference times (seconds) of the aligned landmarks, for plots.
+    """
+
+    reference: Reference
+    score: int
+    significance: float
+    query_start: float
+    query_end: float
+    reference_start: float
+    reference_end: float
+    coverage: float
+    speed: float = 1.0
+    pitch_semitones: float = 0.0
+    kind: str = "recording"
+    alignment: tuple[tuple[float, float], ...] = ()
+
+    def to_dict(self, with_alignment: bool = False) -> dict[str, Any]:
+        """JSON-ready dict (floats rounded for readability)."""
+        d = asdict(self)
+        ref = d.pop("reference")
+        extra = ref.pop("extra") or {}
+        ref.update(extra)
+        out: dict[str, Any] = {"kind": self.kind, "reference": ref}
+        for k in ("score",):
+            out[k] = int(d[k])
+        for k in ("significance", "query_start", "query_end", "reference_start",
+                  "reference_end", "coverage", "speed", "pitch_semitones"):
+            v = float(d[k])
+            out[k] = round(v, 4) if math.isfinite(v) else None
+        if with_alignment:
+            out["alignment"] = [[round(q, 3), round(r, 3)] for q, r in self.alignment]
+        return out
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Everything one query produced: its matches (best first) or an error."""
+
+    query: str
+    duration: float
+    matches: tuple[Match, ...] = ()
+    error: str | None = None
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self, with_alignment: bool = False) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "duration": round(float(self.duration), 3),
+            "error": self.error,
+            "matches": [m.to_dict(with_alignment) for m in self.matches],
+        }
+
+    def to_json(self, with_alignment: bool = False) -> str:
+        return json.dumps(self.to_dict(with_alignment), ensure_ascii=False)
