@@ -1,0 +1,505 @@
+"""Matcher: query landmarks -> hash look-ups -> aligned votes -> evidence.
+
+Why transform hypotheses on peak coordinates (the design choice of issue #4)
+-------------------------------------------------------------------------
+Plain landmark hashes break under speed, tempo and pitch change because the time gap
+``dt`` and the frequencies in the key change.  Two remedies were weighed:
+
+* **Scale-invariant keys** (Panako-style peak triplets with time *ratios* and frequency
+  *differences*): no search at query time, but each key carries fewer bits of the
+  original signal (ratios of small integers collide), triplets multiply the index size,
+  and the transform is only known after a second, per-candidate estimation step.
+* **Hypothesis search on peak coordinates** (chosen): the front end puts peaks on a
+  log-frequency axis with fractional positions, so a query under speed factor ``s`` and
+  pitch shift ``p`` relates to the reference by ``t_ref = s * t_query + b`` and
+  ``f_ref = f_query - p``.  For each hypothesis ``(s, p)`` on a grid the matcher
+  re-quantises the query's *continuous* landmark coordinates (no re-decoding, no new
+  spectrogram) and looks them up in the ordinary index.  The catalogue index is exactly
+  the plain one (same size, same indexing speed); the cost moves to query time and is
+  linear in the number of hypotheses, and each match comes with its transform.
+
+The grid covers three families (each a line in the (s, p) plane): speed (time and pitch
+together, ``p = 12 log2 s``), tempo only (``p = 0``) and pitch only (``s = 1``); spacing
+is :class:`~earmark.fingerprint.config.MatchConfig` ``speed_step`` and
+``pitch_step_semitones``.  Off-grid transforms are caught by query-side multi-probing:
+a coordinate within ``probe_margin`` of a bin edge is also looked up in the neighbouring
+bin.  The best hypothesis is then refined: a least-squares line through the matched
+(query time, reference time) pairs gives the speed factor, and the mean residual of the
+anchor frequencies inside their key bins gives the pitch shift; a final look-up at the
+refined ``(s, p)`` collects the evidence.
+
+Significance
+------------
+Under the null hypothesis (the query does not use the recording), a look-up returns
+postings that fall on unrelated tracks and times: each of the ``V`` postings visited
+for one hypothesis lands within ``+-tol`` frames of any given alignment line with
+probability about ``(2 tol + 1) / F``, where ``F`` is the number of live catalogue
+frames.  The number of chance-aligned landmarks is then ``Poisson(mu)`` with
+``mu = V (2 tol + 1) / F``.  Searching ``F / (2 tol + 1)`` alignments in each of ``H``
+hypotheses, the probability that *any* reaches ``score`` is bounded by
+``P = min(1, H F / (2 tol + 1) * P[Poisson(mu) >= score])``; ``significance =
+-log10 P``.  It grows with the score and shrinks with the index size and the query size
+(more postings visited).  Real music is burstier than Poisson, so the default threshold
+(``min_significance``) is set with margin on measured negatives (``fp bench``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+from scipy.stats import poisson
+
+from earmark.evidence import Match, Reference
+from earmark.fingerprint import hashes
+from earmark.fingerprint.config import FingerprintConfig, MatchConfig
+from earmark.fingerprint.hashes import key_from_bins, quantise_coords
+from earmark.fingerprint.landmarks import Landmarks
+
+_LO_MASK = (1 << hashes.LO_BITS) - 1
+_FRAME_MASK = hashes.MAX_SLOT_FRAMES - 1
+_OFFSET_BIAS = 1 << 23
+_OFFSET_SPAN = 1 << 24
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True)
+def _probe(x: float, margin: float, out: np.ndarray) -> int:
+    """Bins to look up for continuous bin coordinate ``x``: its own, plus the neighbour
+    when ``x`` is within ``margin`` of an edge.  Returns how many were written."""
+    b = math.floor(x)
+    out[0] = b
+    frac = x - b
+    if frac < margin:
+        out[1] = b - 1
+        return 2
+    if frac > 1.0 - margin:
+        out[1] = b + 1
+        return 2
+    return 1
+
+
+@njit(cache=True)
+def _table_insert(keys: np.ndarray, counts: np.ndarray, key: int) -> int:
+    """Open-addressing increment; returns the slot index, or -1 if the key was new and
+    the slot index encoded as ``-2 - slot``."""
+    mask = keys.shape[0] - 1
+    h = (key * 0x9E3779B97F4A7C15) & mask
+    while True:
+        k = keys[h]
+        if k == key:
+            counts[h] += 1
+            return h
+        if k == -1:
+            keys[h] = key
+            counts[h] = 1
+            return -2 - h
+        h = (h + 1) & mask
+
+
+@njit(cache=True)
+def _table_get(keys: np.ndarray, counts: np.ndarray, key: int) -> int:
+    mask = keys.shape[0] - 1
+    h = (key * 0x9E3779B97F4A7C15) & mask
+    while True:
+        k = keys[h]
+        if k == key:
+            return counts[h]
+        if k == -1:
+            return 0
+        h = (h + 1) & mask
+
+
+@njit(cache=True)
+def _grow(keys: np.ndarray, counts: np.ndarray, touched: np.ndarray, n_touched: int):
+    new_cap = keys.shape[0] * 2
+    new_keys = np.full(new_cap, -1, dtype=np.int64)
+    new_counts = np.zeros(new_cap, dtype=np.int32)
+    new_touched = np.empty(new_cap, dtype=np.int64)
+    mask = new_cap - 1
+    for i in range(n_touched):
+        key = keys[touched[i]]
+        h = (key * 0x9E3779B97F4A7C15) & mask
+        while new_keys[h] != -1:
+            h = (h + 1) & mask
+        new_keys[h] = key
+        new_counts[h] = counts[touched[i]]
+        new_touched[i] = h
+    return new_keys, new_counts, new_touched
+
+
+@njit(cache=True)
+def vote_hypotheses(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch,
+                    bucket_start, key_lo, postings, slot_track, slot_frame0, slot_live,
+                    offset_bin_frames, probe_margin, min_score):
+    """Offset-vote histogram per hypothesis; returns the cells that reach ``min_score``.
+
+    For hypothesis ``h`` each query landmark is mapped to reference coordinates
+    (``t * s``, ``f1 - p``, ``dt * s``), quantised with multi-probing, and looked up; each
+    posting found votes for (track, offset bin) with ``offset = ref_frame - s * t``.  A
+    cell's score is its count plus the larger neighbouring count (alignment drift).
+
+    Returns
+    -------
+    cand_h, cand_track, cand_bin, cand_score : int64 arrays
+    visits : int64 array, one per hypothesis (postings visited)
+    """
+    n_q = q_time.shape[0]
+    n_h = hyp_scale.shape[0]
+    cap = 1 << 12
+    keys = np.full(cap, -1, dtype=np.int64)
+    counts = np.zeros(cap, dtype=np.int32)
+    touched = np.empty(cap, dtype=np.int64)
+    visits = np.zeros(n_h, dtype=np.int64)
+    out_cap = 256
+    cand_h = np.empty(out_cap, dtype=np.int64)
+    cand_track = np.empty(out_cap, dtype=np.int64)
+    cand_bin = np.empty(out_cap, dtype=np.int64)
+    cand_score = np.empty(out_cap, dtype=np.int64)
+    n_out = 0
+    pf = np.empty(2, dtype=np.int64)
+    pd = np.empty(2, dtype=np.int64)
+    pt = np.empty(2, dtype=np.int64)
+    for h in range(n_h):
+        s = hyp_scale[h]
+        p = hyp_pitch[h]
+        n_touched = 0
+        for j in range(n_q):
+            cf, cd, ct = quantise_coords(q_f1[j] - p, q_df[j], q_dt[j] * s)
+            nf = _probe(cf, probe_margin, pf)
+            nd = _probe(cd, probe_margin, pd)
+            nt = _probe(ct, probe_margin, pt)
+            t_ref = q_time[j] * s
+            for a in range(nf):
+                for b in range(nd):
+                    for c in range(nt):
+                        key = key_from_bins(pf[a], pd[b], pt[c])
+                        if key < 0:
+                            continue
+                        bucket = key >> hashes.LO_BITS
+                        lo = key & _LO_MASK
+                        for i in range(bucket_start[bucket], bucket_start[bucket + 1]):
+                            if key_lo[i] != lo:
+                                continue
+                            post = postings[i]
+                            slot = post >> hashes.FRAME_BITS
+                            if not slot_live[slot]:
+                                continue
+                            ref_frame = slot_frame0[slot] + (post & _FRAME_MASK)
+                            off_bin = math.floor((ref_frame - t_ref) / offset_bin_frames)
+                            cell = slot_track[slot] * _OFFSET_SPAN + off_bin + _OFFSET_BIAS
+                            r = _table_insert(keys, counts, cell)
+                            visits[h] += 1
+                            if r < 0:
+                                touched[n_touched] = -2 - r
+                                n_touched += 1
+                                if n_touched * 2 > keys.shape[0]:
+                                    keys, counts, touched = _grow(keys, counts, touched,
+                                                                  n_touched)
+        for i in range(n_touched):
+            slot_i = touched[i]
+            c = counts[slot_i]
+            if 2 * c < min_score:
+                continue
+            cell = keys[slot_i]
+            left = _table_get(keys, counts, cell - 1)
+            right = _table_get(keys, counts, cell + 1)
+            nb = max(left, right)
+            if c + nb < min_score:
+                continue
+            if nb > c:  # reported from the stronger neighbour
+                continue
+            if n_out == out_cap:
+                out_cap *= 2
+                cand_h = np.resize(cand_h, out_cap)
+                cand_track = np.resize(cand_track, out_cap)
+                cand_bin = np.resize(cand_bin, out_cap)
+                cand_score = np.resize(cand_score, out_cap)
+            cand_h[n_out] = h
+            cand_track[n_out] = cell // _OFFSET_SPAN
+            cand_bin[n_out] = (cell % _OFFSET_SPAN) - _OFFSET_BIAS
+            cand_score[n_out] = c + nb
+            n_out += 1
+        for i in range(n_touched):
+            keys[touched[i]] = -1
+            counts[touched[i]] = 0
+    return cand_h[:n_out], cand_track[:n_out], cand_bin[:n_out], cand_score[:n_out], visits
+
+
+@njit(cache=True)
+def collect_pairs(q_time, q_f1, q_df, q_dt, scale, pitch, track, line_b, line_s, tol_frames,
+                  bucket_start, key_lo, postings, slot_track, slot_frame0, slot_live,
+                  probe_margin):
+    """Matched (query landmark, reference posting) pairs of one track near a line.
+
+    Keeps pairs with ``|ref_frame - (line_b + line_s * t_query)| <= tol_frames``.
+
+    Returns
+    -------
+    q_index : int64 array      query landmark index
+    ref_frame : float64 array  reference anchor frame
+    post_index : int64 array   posting index (identifies the reference landmark)
+    f1_residual : float64 array  (query f1 - pitch) minus the centre of the matched f1
+                                 bin, in bins (its mean estimates the pitch error)
+    """
+    n_q = q_time.shape[0]
+    cap = 256
+    out_q = np.empty(cap, dtype=np.int64)
+    out_ref = np.empty(cap, dtype=np.float64)
+    out_post = np.empty(cap, dtype=np.int64)
+    out_res = np.empty(cap, dtype=np.float64)
+    n = 0
+    pf = np.empty(2, dtype=np.int64)
+    pd = np.empty(2, dtype=np.int64)
+    pt = np.empty(2, dtype=np.int64)
+    for j in range(n_q):
+        cf, cd, ct = quantise_coords(q_f1[j] - pitch, q_df[j], q_dt[j] * scale)
+        nf = _probe(cf, probe_margin, pf)
+        nd = _probe(cd, probe_margin, pd)
+        nt = _probe(ct, probe_margin, pt)
+        predicted = line_b + line_s * q_time[j]
+        for a in range(nf):
+            for b in range(nd):
+                for c in range(nt):
+                    key = key_from_bins(pf[a], pd[b], pt[c])
+                    if key < 0:
+                        continue
+                    bucket = key >> hashes.LO_BITS
+                    lo = key & _LO_MASK
+                    for i in range(bucket_start[bucket], bucket_start[bucket + 1]):
+                        if key_lo[i] != lo:
+                            continue
+                        post = postings[i]
+                        slot = post >> hashes.FRAME_BITS
+                        if slot_track[slot] != track or not slot_live[slot]:
+                            continue
+                        ref_frame = slot_frame0[slot] + (post & _FRAME_MASK)
+                        if abs(ref_frame - predicted) > tol_frames:
+                            continue
+                        if n == cap:
+                            cap *= 2
+                            out_q = np.resize(out_q, cap)
+                            out_ref = np.resize(out_ref, cap)
+                            out_post = np.resize(out_post, cap)
+                            out_res = np.resize(out_res, cap)
+                        out_q[n] = j
+                        out_ref[n] = ref_frame
+                        out_post[n] = i
+                        out_res[n] = cf - (pf[a] + 0.5)
+                        n += 1
+    return out_q[:n], out_ref[:n], out_post[:n], out_res[:n]
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def hypothesis_grid(cfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The (speed, pitch) hypotheses searched, identity first.
+
+    Examples
+    --------
+    >>> s, p = hypothesis_grid(MatchConfig())
+    >>> float(s[0]), float(p[0])
+    (1.0, 0.0)
+    >>> len(s) > 100
+    True
+    >>> s, p = hypothesis_grid(MatchConfig(search_speed=False, search_tempo=False, search_pitch=False))
+    >>> len(s)
+    1
+    """
+    hyps = [(1.0, 0.0)]
+    step = math.log1p(cfg.speed_step)
+    k_lo = math.ceil(math.log(cfg.min_speed) / step)
+    k_hi = math.floor(math.log(cfg.max_speed) / step)
+    scales = [math.exp(k * step) for k in range(k_lo, k_hi + 1) if k != 0]
+    if cfg.search_tempo:
+        hyps += [(s, 0.0) for s in scales]
+    if cfg.search_speed:
+        hyps += [(s, 12.0 * math.log2(s)) for s in scales]
+    if cfg.search_pitch:
+        n = int(math.floor(cfg.max_pitch_semitones / cfg.pitch_step_semitones + 1e-9))
+        hyps += [(1.0, k * cfg.pitch_step_semitones) for k in range(-n, n + 1) if k != 0]
+    arr = np.asarray(hyps, dtype=np.float64)
+    return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+@dataclass
+class QueryLandmarks:
+    """Query landmarks as contiguous arrays for the kernels."""
+
+    time: np.ndarray
+    f1: np.ndarray
+    df: np.ndarray
+    dt: np.ndarray
+    duration: float
+
+    @classmethod
+    def from_landmarks(cls, lm: Landmarks) -> "QueryLandmarks":
+        c = np.ascontiguousarray
+        return cls(c(lm.anchor_time, np.float64), c(lm.anchor_semitone, np.float64),
+                   c(lm.delta_semitone, np.float64), c(lm.delta_time, np.float64),
+                   lm.duration)
+
+
+@dataclass
+class SegmentView:
+    """Arrays of one store segment plus its live-slot mask."""
+
+    bucket_start: np.ndarray
+    key_lo: np.ndarray
+    postings: np.ndarray
+    slot_track: np.ndarray
+    slot_frame0: np.ndarray
+    slot_live: np.ndarray
+
+    def arrays(self) -> tuple:
+        return (self.bucket_start, self.key_lo, self.postings, self.slot_track,
+                self.slot_frame0, self.slot_live)
+
+
+@dataclass
+class _Evidence:
+    track: int
+    segment: int
+    score: int
+    significance: float
+    speed: float
+    pitch: float
+    line_b: float
+    q_frames: np.ndarray
+    ref_frames: np.ndarray
+    q_end_frames: np.ndarray
+
+
+def _fit_line(x: np.ndarray, y: np.ndarray, slope0: float, min_span: float) -> tuple[float, float]:
+    """Least-squares ``y = b + s x``; falls back to slope ``slope0`` for short spans."""
+    if x.shape[0] >= 3 and float(x.max() - x.min()) >= min_span:
+        s, b = np.polyfit(x, y, 1)
+        if abs(s / slope0 - 1.0) < 0.05:
+            return float(b), float(s)
+    return float(np.median(y - slope0 * x)), slope0
+
+
+def _unique_count(q_idx: np.ndarray, post_idx: np.ndarray) -> int:
+    """Evidence count: landmarks matched one-to-one (a query landmark or a reference
+    posting counts once however many probes found it)."""
+    return int(min(np.unique(q_idx).shape[0], np.unique(post_idx).shape[0]))
+
+
+def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: float,
+           fcfg: FingerprintConfig, mcfg: MatchConfig) -> list[_Evidence]:
+    """Find aligned evidence of catalogue tracks in the query (see module docstring)."""
+    hyp_s, hyp_p = hypothesis_grid(mcfg)
+    n_h = hyp_s.shape[0]
+    W = mcfg.offset_bin_frames
+    candidates = []  # (score, h, track, bin, segment)
+    visits_by_seg = []
+    for si, seg in enumerate(segments):
+        ch, ct, cb, cs, visits = vote_hypotheses(
+            query.time, query.f1, query.df, query.dt, hyp_s, hyp_p, *seg.arrays(),
+            float(W), mcfg.probe_margin, mcfg.min_score)
+        visits_by_seg.append(visits)
+        candidates += [(int(s), int(h), int(t), int(b), si) for h, t, b, s in zip(ch, ct, cb, cs)]
+    if not candidates:
+        return []
+    visits_total = np.sum(visits_by_seg, axis=0)
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2], c[3]))
+    tol_final = mcfg.inlier_seconds / fcfg.frame_seconds
+    min_span = 1.0 / fcfg.frame_seconds
+    found: list[_Evidence] = []
+    max_refine = 4 * mcfg.max_matches + 8
+    refined = 0
+    for score0, h, track, off_bin, si in candidates:
+        if refined >= max_refine:
+            break
+        s, p = float(hyp_s[h]), float(hyp_p[h])
+        b0 = (off_bin + 1.0) * W
+        # Already explained by a stronger match of the same track on a nearby line?
+        if any(e.track == track and abs(e.line_b - b0) < 3 * W and abs(e.speed / s - 1) < 0.03
+               for e in found):
+            continue
+        refined += 1
+        seg = segments[si]
+        q_idx, ref_f, post_idx, res = collect_pairs(
+            query.time, query.f1, query.df, query.dt, s, p, track, b0, s, 2.0 * W,
+            *seg.arrays(), mcfg.probe_margin)
+        if q_idx.shape[0] < 3:
+            continue
+        x = query.time[q_idx]
+        b, slope = _fit_line(x, ref_f, s, min_span)
+        for tol in (W, tol_final):
+            keep = np.abs(ref_f - (b + slope * x)) <= tol
+            if keep.sum() < 3:
+                break
+            b, slope = _fit_line(x[keep], ref_f[keep], slope, min_span)
+        pitch = p + float(np.mean(res)) * hashes.F1_STEP_SEMITONES
+        # Final look-up at the refined hypothesis: the evidence.
+        q_idx, ref_f, post_idx, res = collect_pairs(
+            query.time, query.f1, query.df, query.dt, slope, pitch, track, b, slope,
+            tol_final, *seg.arrays(), mcfg.probe_margin)
+        score = _unique_count(q_idx, post_idx) if q_idx.shape[0] else 0
+        if score < mcfg.min_score:
+            continue
+        if q_idx.shape[0] >= 8:
+            pitch = pitch + float(np.mean(res)) * hashes.F1_STEP_SEMITONES
+        mu = max(float(visits_total[h]), 1.0) * (2 * tol_final + 1) / max(total_frames, 1.0)
+        n_tests = n_h * max(total_frames, 1.0) / (2 * tol_final + 1)
+        log10_p = math.log10(n_tests) + float(poisson.logsf(score - 1, mu)) / math.log(10)
+        significance = max(0.0, -log10_p)
+        x = query.time[q_idx]
+        found.append(_Evidence(track=track, segment=si, score=score, significance=significance,
+                               speed=slope, pitch=pitch, line_b=b, q_frames=x,
+                               ref_frames=ref_f, q_end_frames=x + query.dt[q_idx]))
+    return _suppress_overlaps(found)
+
+
+def _suppress_overlaps(found: list[_Evidence]) -> list[_Evidence]:
+    """Keep, per track, only evidence whose query segments do not mostly overlap a
+    stronger one (a repeated chorus in the reference is one use, not two)."""
+    found.sort(key=lambda e: (-e.score, e.track))
+    kept: list[_Evidence] = []
+    for e in found:
+        lo, hi = float(e.q_frames.min()), float(e.q_end_frames.max())
+        clash = False
+        for k in kept:
+            if k.track != e.track:
+                continue
+            klo, khi = float(k.q_frames.min()), float(k.q_end_frames.max())
+            overlap = min(hi, khi) - max(lo, klo)
+            if overlap > 0.5 * min(hi - lo, khi - klo):
+                clash = True
+                break
+        if not clash:
+            kept.append(e)
+    return kept
+
+
+def evidence_to_match(e: _Evidence, reference: Reference, query_duration: float,
+                      frame_seconds: float) -> Match:
+    """Convert internal evidence (frames) to the public :class:`Match` (seconds)."""
+    q_start = float(e.q_frames.min()) * frame_seconds
+    q_end = min(float(e.q_end_frames.max()) * frame_seconds, query_duration)
+    r_start = (e.line_b + e.speed * float(e.q_frames.min())) * frame_seconds
+    r_end = (e.line_b + e.speed * q_end / frame_seconds) * frame_seconds
+    order = np.argsort(e.q_frames)
+    step = max(1, order.shape[0] // 400)
+    alignment = tuple((round(float(e.q_frames[i]) * frame_seconds, 3),
+                       round(float(e.ref_frames[i]) * frame_seconds, 3))
+                      for i in order[::step])
+    return Match(reference=reference, score=e.score, significance=round(e.significance, 2),
+                 query_start=q_start, query_end=q_end, reference_start=r_start,
+                 reference_end=r_end,
+                 coverage=(q_end - q_start) / query_duration if query_duration > 0 else 0.0,
+                 speed=e.speed, pitch_semitones=e.pitch, alignment=alignment)
+
+
+def timed(fn, *args, **kwargs):
+    """``(result, seconds)`` of a call."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,186 @@
+"""Every tunable of the fingerprint, in one place, with its physical meaning.
+
+The analysis runs at ``sr = 8000`` Hz with ``n_fft = 1024`` (128 ms window) and
+``hop_length = 128`` (16 ms per frame, 62.5 frames/s).  Peaks are picked on a
+log-frequency spectrogram with ``bins_per_semitone = 3`` between ``fmin_hz = 100`` and
+``fmax_hz = 3900`` (63.4 semitones), so that a pitch shift is a translation of the peak
+constellation along the frequency axis and a speed/tempo change is a scaling of its time
+axis.  That is what lets the matcher search speed/pitch hypotheses by transforming peak
+*coordinates* of the query, without re-analysing audio (see :mod:`earmark.match`).
+
+Two presets exist because the two sides want different densities: the catalogue side is
+sparse (index size is paid per catalogue hour), the query side is dense so that the
+catalogue's landmarks are (mostly) a subset of the query's.
+
+>>> from earmark.fingerprint.config import PRESETS
+>>> cfg = PRESETS["default"]
+>>> round(cfg.frame_seconds * 1000)          # ms per frame
+16
+>>> round(cfg.max_pair_frames * cfg.frame_seconds, 3)  # pairing window, seconds
+1.024
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class PeakConfig:
+    """How peaks are picked (one side: catalogue or query).
+
+    Attributes
+    ----------
+    peaks_per_second : float
+        Target density: a peak is kept only if it is among the ``peaks_per_second *
+        density_window_seconds`` most prominent peaks in a window of
+        ``density_window_seconds`` centred on it (translation-invariant, unlike blocks).
+    density_window_seconds : float
+        Width of that window.
+    neighbourhood_frames : int
+        A peak is the maximum over +-``neighbourhood_frames`` frames (8 x 16 ms = +-128 ms)...
+    neighbourhood_semitones : float
+        ...and +-``neighbourhood_semitones`` along log-frequency.
+    prominence_window_frames : int
+        Prominence is the peak's dB level minus the mean level over +-this many frames
+        (same bin), which makes the picker level-independent.
+    min_prominence_db : float
+        Peaks less prominent than this are never kept (silence, flat noise).
+    fan_out : int
+        Each anchor peak is paired with up to this many following peaks in the target zone.
+    """
+
+    peaks_per_second: float
+    density_window_seconds: float = 1.0
+    neighbourhood_frames: int = 6
+    neighbourhood_semitones: float = 2.0
+    prominence_window_frames: int = 31
+    min_prominence_db: float = 3.0
+    fan_out: int = 3
+
+
+@dataclass(frozen=True)
+class FingerprintConfig:
+    """Analysis front end and landmark target zone (shared by catalogue and query).
+
+    Attributes
+    ----------
+    sr : int
+        Analysis sample rate, Hz.  8 kHz keeps 100-3900 Hz, where melodic peaks live and
+        which survives telephone-band and low-bitrate codecs.
+    n_fft : int
+        FFT size, samples (1024 / 8000 Hz = 128 ms window).
+    hop_length : int
+        Hop, samples (128 / 8000 Hz = 16 ms per frame).
+    fmin_hz, fmax_hz : float
+        Frequency range of the log-frequency spectrogram.
+    bins_per_semitone : int
+        Log-frequency resolution (3 -> one bin per 33 cents).
+    min_pair_frames, max_pair_frames : int
+        Target zone in time: a target follows its anchor by 1..64 frames (16 ms..1.02 s).
+    max_pair_semitones : float
+        Target zone in frequency: |f_target - f_anchor| <= 21 semitones.
+    index, query : PeakConfig
+        Peak density and fan-out on the catalogue side and the query side.
+    """
+
+    sr: int = 8000
+    n_fft: int = 1024
+    hop_length: int = 128
+    fmin_hz: float = 100.0
+    fmax_hz: float = 3900.0
+    bins_per_semitone: int = 3
+    min_pair_frames: int = 1
+    max_pair_frames: int = 64
+    max_pair_semitones: float = 21.0
+    index: PeakConfig = PeakConfig(peaks_per_second=9.0, fan_out=3)
+    query: PeakConfig = PeakConfig(peaks_per_second=20.0, fan_out=10)
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per spectrogram frame (hop_length / sr)."""
+        return self.hop_length / self.sr
+
+    @property
+    def n_log_bins(self) -> int:
+        """Number of log-frequency bins between fmin_hz and fmax_hz."""
+        import math
+
+        return int(math.floor(12 * math.log2(self.fmax_hz / self.fmin_hz) * self.bins_per_semitone)) + 1
+
+    def with_(self, **changes) -> "FingerprintConfig":
+        """Copy with some fields changed (``cfg.with_(sr=11025)``)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """How the matcher searches transform hypotheses and decides what is a match.
+
+    Attributes
+    ----------
+    min_speed, max_speed : float
+        Range of time-scale factors searched (reference seconds per query second):
+        0.65-1.55 covers "slowed" and "sped up" edits and services claiming 50-150 %.
+    speed_step : float
+        Relative spacing of the time-scale grid (1.5 %: the worst error, 0.75 %, moves a
+        1-s landmark pair by < 0.5 frame, which the query-side multi-probe absorbs).
+    max_pitch_semitones : float
+        Range of pitch-only shifts searched (+-7 semitones).
+    pitch_step_semitones : float
+        Spacing of the pitch grid (0.5 semitone: worst error 0.25 semitone = 0.5 f1 bin).
+    search_speed, search_tempo, search_pitch : bool
+        Which hypothesis families to search: speed (time and pitch together, as
+        resampling does), tempo only, pitch only.  All off = plain landmark matching
+        (``--fast``).
+    offset_bin_frames : int
+        Width of offset-vote bins (4 x 16 ms = 64 ms); neighbouring bins are summed, so
+        the alignment may drift by +-1 bin over the matched segment.
+    probe_margin : float
+        Query-side multi-probe: a quantised coordinate within this fraction of a bin of
+        the bin edge is also looked up in the neighbouring bin.
+    min_score : int
+        Minimum number of aligned landmarks for a match.
+    min_significance : float
+        Minimum ``-log10`` chance probability for a match (see :mod:`earmark.match`).
+    max_matches : int
+        Most matches reported per query.
+    inlier_seconds : float
+        Final alignment tolerance: a landmark pair is evidence if it lies within this
+        many seconds of the fitted query->reference line.
+    """
+
+    min_speed: float = 0.65
+    max_speed: float = 1.55
+    speed_step: float = 0.015
+    max_pitch_semitones: float = 7.0
+    pitch_step_semitones: float = 0.5
+    search_speed: bool = True
+    search_tempo: bool = True
+    search_pitch: bool = True
+    offset_bin_frames: int = 4
+    probe_margin: float = 0.25
+    min_score: int = 8
+    min_significance: float = 6.0
+    max_matches: int = 10
+    inlier_seconds: float = 0.048
+
+    def with_(self, **changes) -> "MatchConfig":
+        return replace(self, **changes)
+
+
+DEFAULT = FingerprintConfig()
+
+#: Named presets.  ``default`` is what ``fp index`` uses; an index records its config,
+#: and queries are always analysed with the index's own config.
+PRESETS: dict[str, FingerprintConfig] = {
+    "default": DEFAULT,
+    # Denser catalogue side: better recall on very short or very noisy excerpts, ~2x index.
+    "dense": DEFAULT.with_(index=PeakConfig(peaks_per_second=16.0, fan_out=4)),
+}
+
+MATCH_PRESETS: dict[str, MatchConfig] = {
+    "default": MatchConfig(),
+    # Plain landmark matching: no speed/tempo/pitch search.  Fastest.
+    "fast": MatchConfig(search_speed=False, search_tempo=False, search_pitch=False),
+}

@@ -1,0 +1,559 @@
+"""The catalogue index: hash store + track metadata + the indexing and matching entry points.
+
+>>> from earmark.index.catalogue import Index               # doctest: +SKIP
+>>> with Index.open_writer("cat.fpindex") as idx:          # doctest: +SKIP
+...     report = idx.add(["catalogue/"], jobs=2)
+>>> idx = Index.open("cat.fpindex")                        # doctest: +SKIP
+>>> result = idx.match_file("suspect.wav")                 # doctest: +SKIP
+>>> [(m.reference.path, m.query_start, m.speed) for m in result.matches]  # doctest: +SKIP
+
+Consistency between the two stores: a track is *live* when a segment named by the
+manifest holds it and the manifest does not list it as removed.  The manifest is the
+commit point; SQLite rows are written first and rows of tracks that never became live
+(a crash between the two) are swept by the next writer, so readers never see a track
+without postings and matches never refer to a half-indexed file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from earmark.errors import AudioError, EarmarkError, IndexError_
+from earmark.evidence import Match, QueryResult, Reference
+from earmark.fingerprint import audio as audio_io
+from earmark.fingerprint.config import DEFAULT, FingerprintConfig, MatchConfig, PeakConfig
+from earmark.fingerprint.landmarks import (Landmarks, check_fingerprintable, fingerprint_audio,
+                                           fingerprint_file)
+from earmark.match import QueryLandmarks, SegmentView, evidence_to_match, search
+from . import store
+from .metadata import MetadataStore, read_tags
+
+#: Environment variable naming the index folder (overridden by ``--index``).
+INDEX_ENV = "FP_INDEX"
+#: Merge all segments into one when a run leaves more than this many.
+MAX_SEGMENTS = 8
+#: A running ``fp index`` commits a segment at least this often (seconds), so an
+#: interrupted run keeps most of its work.
+FLUSH_SECONDS = 120.0
+FLUSH_POSTINGS = 4_000_000
+
+
+def default_index_path() -> Path:
+    """``$FP_INDEX``, else ``$XDG_DATA_HOME/earmark/index`` (``~/.local/share/earmark/index``)."""
+    env = os.environ.get(INDEX_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "earmark" / "index"
+
+
+def config_to_dict(cfg: FingerprintConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> FingerprintConfig:
+    """Rebuild a config from manifest JSON, accepting only known fields of the right type."""
+    try:
+        peak_fields = {f.name for f in dataclasses.fields(PeakConfig)}
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(FingerprintConfig):
+            if f.name not in d:
+                continue
+            v = d[f.name]
+            if f.name in ("index", "query"):
+                if not isinstance(v, dict) or not set(v) <= peak_fields:
+                    raise ValueError(f.name)
+                v = PeakConfig(**{k: (int(x) if k in ("neighbourhood_frames", "fan_out",
+                                                         "prominence_window_frames") else float(x))
+                                  for k, x in v.items()})
+            elif f.name in ("sr", "n_fft", "hop_length", "bins_per_semitone",
+                            "min_pair_frames", "max_pair_frames"):
+                v = int(v)
+            else:
+                v = float(v)
+            kwargs[f.name] = v
+        return FingerprintConfig(**kwargs)
+    except (TypeError, ValueError):
+        raise IndexError_("index manifest has an invalid fingerprint config") from None
+
+
+def find_audio_files(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Expand files and folders (recursively) into audio file paths.
+
+    Returns
+    -------
+    files : list of str
+        Absolute paths, sorted, duplicates removed.
+    problems : list of (path, reason)
+        Inputs that do not exist.
+    """
+    files: set[str] = set()
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for root, dirs, names in os.walk(p, followlinks=True):
+                dirs.sort()
+                for n in names:
+                    if Path(n).suffix.lower() in audio_io.SUPPORTED_EXTENSIONS and not n.startswith("."):
+                        files.add(os.path.abspath(os.path.join(root, n)))
+        elif p.exists():
+            files.add(os.path.abspath(p))
+        else:
+            problems.append((os.fspath(item), "no such file or folder"))
+    return sorted(files), problems
+
+
+@dataclass
+class IndexReport:
+    """What one ``add`` run did."""
+
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    elapsed: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Fingerprinted:
+    path: str
+    content_hash: str
+    duration: float
+    tags: dict[str, str]
+    keys: np.ndarray | None
+    anchor_frames: np.ndarray | None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def _fingerprint_job(args: tuple[str, FingerprintConfig]) -> _Fingerprinted:
+    """Worker: decode and fingerprint one file (never raises)."""
+    path, cfg = args
+    t0 = time.perf_counter()
+    try:
+        digest = audio_io.content_hash(path)
+        lm = fingerprint_file(path, cfg, side="index")
+        keys = lm.keys()
+        frames = np.floor(lm.anchor_time + 0.5).astype(np.int64)
+        ok = keys >= 0
+        return _Fingerprinted(path, digest, lm.duration, read_tags(path),
+                              keys[ok].astype(np.int32), frames[ok].astype(np.int32),
+                              seconds=time.perf_counter() - t0)
+    except EarmarkError as e:
+        return _Fingerprinted(path, "", 0.0, {}, None, None, error=str(e))
+    except MemoryError:
+        return _Fingerprinted(path, "", 0.0, {}, None, None, error=f"{path}: out of memory")
+    except Exception as e:  # a decoder bug must not stop a batch
+        return _Fingerprinted(path, "", 0.0, {}, None, None,
+                              error=f"{path}: {type(e).__name__}: {e}".splitlines()[0])
+
+
+def _segment_view(seg: store.Segment, removed: set[int]) -> SegmentView:
+    slot_live = np.array([int(t) not in removed for t in seg.slot_track], dtype=np.bool_)
+    return SegmentView(seg.bucket_start, seg.key_lo, seg.postings,
+                       np.asarray(seg.slot_track), np.asarray(seg.slot_frame0), slot_live)
+
+
+class Index:
+    """An Earmark index folder (see :mod:`earmark.index.store` for the layout).
+
+    Use :meth:`open` to match (read-only, lock-free, memory-mapped) and
+    :meth:`open_writer` to add or remove recordings.
+    """
+
+    def __init__(self, path: Path, manifest: store.Manifest, meta: MetadataStore,
+                 writable: bool, lock_fd: int | None = None):
+        self.path = path
+        self.manifest = manifest
+        self.meta = meta
+        self.writable = writable
+        self._lock_fd = lock_fd
+        self.config = config_from_dict(manifest.config) if manifest.config else DEFAULT
+        self._load_segments()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None) -> "Index":
+        """Open an existing index read-only.
+
+        Raises
+        ------
+        IndexError_
+            Missing, unreadable, corrupt, or written by a newer Earmark.
+        """
+        folder = Path(path) if path is not None else default_index_path()
+        if not folder.is_dir():
+            raise IndexError_(f"no index at {folder} (create one with: fp index FOLDER)")
+        manifest = store.read_manifest(folder)
+        if manifest is None:
+            raise IndexError_(f"no index at {folder} (create one with: fp index FOLDER)")
+        meta = MetadataStore(folder / "tracks.sqlite", readonly=True)
+        return cls(folder, manifest, meta, writable=False)
+
+    @classmethod
+    def open_writer(cls, path: str | os.PathLike | None = None,
+                    config: FingerprintConfig | None = None) -> "Index":
+        """Open (creating if needed) an index for writing; takes the writer lock."""
+        folder = Path(path) if path is not None else default_index_path()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise IndexError_(f"cannot create index at {folder}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock_fd)
+            raise IndexError_(f"index at {folder} is being written by another process") from None
+        try:
+            manifest = store.read_manifest(folder)
+            if manifest is None:
+                manifest = store.Manifest(generation=0, segments=[], removed=[],
+                                          config=config_to_dict(config or DEFAULT))
+            meta = MetadataStore(folder / "tracks.sqlite")
+            idx = cls(folder, manifest, meta, writable=True, lock_fd=lock_fd)
+            idx._sweep()
+            return idx
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    def close(self) -> None:
+        self.meta.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _load_segments(self) -> None:
+        removed = set(self.manifest.removed)
+        self.segments = [store.open_segment(self.path / s["file"]) for s in self.manifest.segments]
+        self._views = [_segment_view(s, removed) for s in self.segments]
+        self.total_frames = self.manifest.live_frames()
+
+    def _sweep(self) -> None:
+        """Writer start-up: delete files and rows a crashed run left behind."""
+        referenced = {s["file"] for s in self.manifest.segments} | {"manifest.json"}
+        for p in self.path.iterdir():
+            if (p.name.startswith("seg-") or p.name.startswith(".seg-")
+                    or p.name.startswith(".manifest.json.")) and p.name not in referenced:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+        live = self.manifest.live_track_ids()
+        stale = [r.track_id for r in self.meta.all_tracks() if r.track_id not in live]
+        if stale:
+            self.meta.remove(stale)
+
+    # ------------------------------------------------------------------ queries
+
+    def info(self) -> dict[str, Any]:
+        """Summary: tracks, hours, landmarks, bytes on disk, config."""
+        live = self.manifest.live_track_ids()
+        disk = sum((self.path / s["file"]).stat().st_size for s in self.manifest.segments)
+        try:
+            disk += (self.path / "tracks.sqlite").stat().st_size
+        except OSError:
+            pass
+        seconds = self.total_frames * self.config.frame_seconds
+        return {
+            "path": str(self.path), "tracks": len(live), "audio_hours": seconds / 3600.0,
+            "landmarks": int(sum(s.n_postings for s in self.segments)),
+            "segments": len(self.segments), "removed_pending_merge": len(self.manifest.removed),
+            "bytes": int(disk), "bytes_per_audio_second": disk / seconds if seconds else 0.0,
+            "generation": self.manifest.generation, "format_version": store.INDEX_VERSION,
+        }
+
+    def tracks(self) -> list[Reference]:
+        """Live recordings, by track id."""
+        live = self.manifest.live_track_ids()
+        return sorted((r for r in self.meta.all_tracks() if r.track_id in live),
+                      key=lambda r: r.track_id)
+
+    def reference(self, track_id: int) -> Reference:
+        ref = self.meta.get(track_id)
+        return ref if ref is not None else Reference(track_id=track_id, path=f"<track {track_id}>")
+
+    # ------------------------------------------------------------------ matching
+
+    def query_landmarks(self, lm: Landmarks) -> QueryLandmarks:
+        return QueryLandmarks.from_landmarks(lm)
+
+    def _query_max_dt(self, mcfg: MatchConfig) -> float:
+        searching = mcfg.search_speed or mcfg.search_tempo
+        return self.config.max_pair_frames / (mcfg.min_speed if searching else 1.0)
+
+    def match_landmarks(self, lm: Landmarks, mcfg: MatchConfig | None = None,
+                        label: str = "<audio>") -> QueryResult:
+        """Match landmarks computed with this index's config (``side="query"``)."""
+        mcfg = mcfg or MatchConfig()
+        t0 = time.perf_counter()
+        found = search(QueryLandmarks.from_landmarks(lm), self._views, self.total_frames,
+                       self.config, mcfg)
+        found = [e for e in found if e.significance >= mcfg.min_significance]
+        found.sort(key=lambda e: (-e.score, e.track))
+        found = found[: mcfg.max_matches]
+        refs = self.meta.get_many([e.track for e in found]) if found else {}
+        matches = tuple(evidence_to_match(e, refs.get(e.track) or self.reference(e.track),
+                                          lm.duration, self.config.frame_seconds) for e in found)
+        return QueryResult(query=label, duration=lm.duration, matches=matches,
+                           elapsed=time.perf_counter() - t0)
+
+    def match_audio(self, y: np.ndarray, sr: int, mcfg: MatchConfig | None = None,
+                    label: str = "<audio>") -> QueryResult:
+        """Match mono samples at any sample rate.
+
+        Raises
+        ------
+        AudioError
+            Audio too short or silent.
+        """
+        mcfg = mcfg or MatchConfig()
+        t0 = time.perf_counter()
+        y = np.asarray(y, dtype=np.float32)
+        if y.ndim != 1:
+            y = y.mean(axis=-1 if y.shape[-1] <= 8 else 0).astype(np.float32)
+        if sr != self.config.sr:
+            y = audio_io.resample(y, sr, self.config.sr)
+        lm = fingerprint_audio(y, self.config, side="query", max_dt_frames=self._query_max_dt(mcfg))
+        check_fingerprintable(label, lm.duration, lm.n_peaks)
+        res = self.match_landmarks(lm, mcfg, label)
+        return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
+
+    def match_file(self, path: str | os.PathLike, mcfg: MatchConfig | None = None) -> QueryResult:
+        """Decode and match a file.  Errors are raised as :class:`AudioError`."""
+        mcfg = mcfg or MatchConfig()
+        t0 = time.perf_counter()
+        lm = fingerprint_file(path, self.config, side="query",
+                              max_dt_frames=self._query_max_dt(mcfg))
+        res = self.match_landmarks(lm, mcfg, os.fspath(path))
+        return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
+
+    def match_files(self, paths: Iterable[str | os.PathLike],
+                    mcfg: MatchConfig | None = None) -> Iterator[QueryResult]:
+        """Match many files; a bad file yields a result with ``error`` set."""
+        for p in paths:
+            try:
+                yield self.match_file(p, mcfg)
+            except EarmarkError as e:
+                yield QueryResult(query=os.fspath(p), duration=0.0, error=str(e))
+
+    # ------------------------------------------------------------------ writing
+
+    def _require_writer(self) -> None:
+        if not self.writable:
+            raise IndexError_("index opened read-only")
+
+    def add(self, inputs: Iterable[str | os.PathLike], jobs: int = 1,
+            progress: Callable[[int, int, float, str], None] | None = None,
+            metadata_csv: str | os.PathLike | None = None) -> IndexReport:
+        """Fingerprint audio files (folders are walked) into the index.
+
+        Incremental: a file whose path and content hash are already live is skipped; a
+        changed file replaces its old version.  Work is committed in segments every
+        ``FLUSH_SECONDS``; an interruption keeps every committed segment.
+
+        Parameters
+        ----------
+        inputs : iterable of paths
+            Files and folders.
+        jobs : int
+            Worker processes (results are identical whatever the number).
+        progress : callable, optional
+            ``progress(done, total, audio_seconds_done, path)`` after each file.
+        metadata_csv : path, optional
+            CSV with a ``path`` column and title/artist/isrc/rights_holder/... columns.
+        """
+        self._require_writer()
+        t_start = time.perf_counter()
+        report = IndexReport()
+        files, problems = find_audio_files(inputs)
+        report.failed.extend(problems)
+        live = self.manifest.live_track_ids()
+        todo: list[str] = []
+        replace_ids: dict[str, int] = {}
+        for f in files:
+            known = self.meta.find_by_path(f)
+            if known is not None and known[0] in live:
+                try:
+                    digest = audio_io.content_hash(f)
+                except AudioError as e:
+                    report.failed.append((f, str(e)))
+                    continue
+                if digest == known[1]:
+                    report.unchanged.append(f)
+                    continue
+                replace_ids[f] = known[0]
+            todo.append(f)
+        pending: list[_Fingerprinted] = []
+        pending_postings = 0
+        last_flush = time.perf_counter()
+        done = 0
+        fp_seconds = 0.0
+        pool = None
+        try:
+            if jobs > 1 and len(todo) > 1:
+                ctx = multiprocessing.get_context("fork")
+                pool = ctx.Pool(processes=jobs)
+                results = pool.imap(_fingerprint_job, [(f, self.config) for f in todo], chunksize=1)
+            else:
+                results = (_fingerprint_job((f, self.config)) for f in todo)
+            for r in results:
+                done += 1
+                if r.error is not None:
+                    report.failed.append((r.path, r.error))
+                else:
+                    pending.append(r)
+                    pending_postings += int(r.keys.shape[0])
+                    report.audio_seconds += r.duration
+                    fp_seconds += r.seconds
+                if progress is not None:
+                    progress(done, len(todo), report.audio_seconds, r.path)
+                if pending and (pending_postings >= FLUSH_POSTINGS
+                                or time.perf_counter() - last_flush >= FLUSH_SECONDS):
+                    self._commit(pending, replace_ids, report)
+                    pending, pending_postings, last_flush = [], 0, time.perf_counter()
+            if pending:
+                self._commit(pending, replace_ids, report)
+                pending = []
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        if len(self.manifest.segments) > MAX_SEGMENTS or (
+                self.manifest.removed and len(self.manifest.removed) * 4 > len(self.manifest.live_track_ids())):
+            self.merge()
+        if metadata_csv is not None:
+            self.meta.apply_csv(metadata_csv)
+        report.elapsed = time.perf_counter() - t_start
+        report.stage_seconds["fingerprint_cpu"] = fp_seconds
+        return report
+
+    def _commit(self, batch: list[_Fingerprinted], replace_ids: dict[str, int],
+                report: IndexReport) -> None:
+        """Make a batch live: rows first, then the segment, then the manifest (commit)."""
+        track_ids: list[int] = []
+        old_ids: list[int] = []
+        with self.meta.transaction():
+            for r in batch:
+                old = replace_ids.get(r.path)
+                if old is not None:
+                    self.meta.remove([old])
+                    old_ids.append(old)
+                track_ids.append(self.meta.add_track(r.path, r.content_hash, r.duration, r.tags))
+        arrays = store.build_segment_arrays(track_ids, [r.keys.astype(np.int64) for r in batch],
+                                            [r.anchor_frames for r in batch])
+        seg_name = f"seg-{self.manifest.next_segment:06d}.emk"
+        store.write_segment(self.path / seg_name, arrays)
+        frames = [r.duration / self.config.frame_seconds for r in batch]
+        new_manifest = dataclasses.replace(
+            self.manifest, generation=self.manifest.generation + 1,
+            next_segment=self.manifest.next_segment + 1,
+            segments=self.manifest.segments + [{"file": seg_name, "tracks": track_ids,
+                                                "frames": frames,
+                                                "postings": int(arrays["postings"].shape[0])}],
+            removed=sorted(set(self.manifest.removed) | set(old_ids)))
+        store.write_manifest(self.path, new_manifest)
+        self.manifest = new_manifest
+        self._load_segments()
+        for r in batch:
+            (report.replaced if r.path in replace_ids else report.added).append(r.path)
+
+    def remove(self, paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
+        """Take recordings out of the index by path.  Returns ``(removed, not_found)``."""
+        self._require_writer()
+        live = self.manifest.live_track_ids()
+        ids, removed, missing = [], [], []
+        for p in paths:
+            known = self.meta.find_by_path(os.path.abspath(p))
+            if known is None or known[0] not in live:
+                missing.append(os.fspath(p))
+            else:
+                ids.append(known[0])
+                removed.append(os.fspath(p))
+        if ids:
+            new_manifest = dataclasses.replace(
+                self.manifest, generation=self.manifest.generation + 1,
+                removed=sorted(set(self.manifest.removed) | set(ids)))
+            store.write_manifest(self.path, new_manifest)
+            self.manifest = new_manifest
+            self.meta.remove(ids)
+            self._load_segments()
+        return removed, missing
+
+    def merge(self) -> None:
+        """Rewrite all segments as one, dropping removed tracks (atomic like any commit)."""
+        self._require_writer()
+        removed = set(self.manifest.removed)
+        keys_by_track: dict[int, list[np.ndarray]] = {}
+        frames_by_track: dict[int, list[np.ndarray]] = {}
+        for seg in self.segments:
+            counts = np.diff(seg.bucket_start.astype(np.int64))
+            buckets = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+            keys = (buckets << store.hashes.LO_BITS) | seg.key_lo.astype(np.int64)
+            slot, frame = store.hashes.unpack_posting(np.asarray(seg.postings))
+            track = np.asarray(seg.slot_track)[slot]
+            abs_frame = np.asarray(seg.slot_frame0)[slot] + frame
+            order = np.argsort(track, kind="stable")
+            track, keys, abs_frame = track[order], keys[order], abs_frame[order]
+            bounds = np.flatnonzero(np.diff(track)) + 1
+            for t_arr, k_arr, f_arr in zip(np.split(track, bounds), np.split(keys, bounds),
+                                           np.split(abs_frame, bounds)):
+                if t_arr.size and int(t_arr[0]) not in removed:
+                    keys_by_track.setdefault(int(t_arr[0]), []).append(k_arr)
+                    frames_by_track.setdefault(int(t_arr[0]), []).append(f_arr)
+        frames_of = {t: f for s in self.manifest.segments for t, f in zip(s["tracks"], s["frames"])}
+        live_ids = sorted(t for t in self.manifest.live_track_ids())
+        new_segments = []
+        next_seg = self.manifest.next_segment
+        # Segments hold at most MAX_SLOTS slots; split the catalogue accordingly.
+        chunk: list[int] = []
+        chunks: list[list[int]] = []
+        for t in live_ids:
+            chunk.append(t)
+            if len(chunk) >= store.hashes.MAX_SLOTS // 4:
+                chunks.append(chunk)
+                chunk = []
+        if chunk:
+            chunks.append(chunk)
+        for ids in chunks:
+            arrays = store.build_segment_arrays(
+                ids, [np.concatenate(keys_by_track.get(t, [np.zeros(0, np.int64)])) for t in ids],
+                [np.concatenate(frames_by_track.get(t, [np.zeros(0, np.int64)])) for t in ids])
+            name = f"seg-{next_seg:06d}.emk"
+            next_seg += 1
+            store.write_segment(self.path / name, arrays)
+            new_segments.append({"file": name, "tracks": ids, "frames": [frames_of[t] for t in ids],
+                                 "postings": int(arrays["postings"].shape[0])})
+        old_files = [s["file"] for s in self.manifest.segments]
+        new_manifest = dataclasses.replace(self.manifest, generation=self.manifest.generation + 1,
+                                           next_segment=next_seg, segments=new_segments,
+                                           removed=[])
+        store.write_manifest(self.path, new_manifest)
+        self.manifest = new_manifest
+        self._load_segments()
+        for f in old_files:
+            try:
+                (self.path / f).unlink()
+            except OSError:
+                pass
