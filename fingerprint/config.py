@@ -159,7 +159,7 @@ class MatchConfig:
     search_tempo: bool = True
     search_pitch: bool = True
     offset_bin_frames: int = 4
-    probe_margin: float = 0.25
+    probe_margin: float = 0.2
     min_score: int = 8
     min_significance: float = 6.0
     max_matches: int = 10
