@@ -252,6 +252,7 @@ def collect_pairs(q_time, q_f1, q_df, q_dt, scale, pitch, track, line_b, line_s,
     post_index : int64 array   posting index (identifies the reference landmark)
     f1_residual : float64 array  (query f1 - pitch) minus the centre of the matched f1
                                  bin, in bins (its mean estimates the pitch error)
+    key : int64 array          the matched key
     """
     n_q = q_time.shape[0]
     cap = 256
@@ -259,6 +260,7 @@ def collect_pairs(q_time, q_f1, q_df, q_dt, scale, pitch, track, line_b, line_s,
     out_ref = np.empty(cap, dtype=np.float64)
     out_post = np.empty(cap, dtype=np.int64)
     out_res = np.empty(cap, dtype=np.float64)
+    out_key = np.empty(cap, dtype=np.int64)
     n = 0
     pf = np.empty(2, dtype=np.int64)
     pd = np.empty(2, dtype=np.int64)
@@ -293,12 +295,14 @@ def collect_pairs(q_time, q_f1, q_df, q_dt, scale, pitch, track, line_b, line_s,
                             out_ref = np.resize(out_ref, cap)
                             out_post = np.resize(out_post, cap)
                             out_res = np.resize(out_res, cap)
+                            out_key = np.resize(out_key, cap)
                         out_q[n] = j
+                        out_key[n] = key
                         out_ref[n] = ref_frame
                         out_post[n] = i
                         out_res[n] = cf - (pf[a] + 0.5)
                         n += 1
-    return out_q[:n], out_ref[:n], out_post[:n], out_res[:n]
+    return out_q[:n], out_ref[:n], out_post[:n], out_res[:n], out_key[:n]
 
 
 # ----------------------------------------------------------------------------- search
@@ -404,6 +408,36 @@ def poisson_log10_sf(k: int, mu: float) -> float:
     return v / math.log(10)
 
 
+def _densest_run(q_frames: np.ndarray, max_gap_frames: float) -> np.ndarray:
+    """Indices of the run of matched landmarks (gaps <= max_gap_frames in query time)
+    holding the most matches.  A real use of a recording is dense in time; chance
+    alignments are thin and spread out, and must not add up across a long query."""
+    order = np.argsort(q_frames, kind="stable")
+    t = q_frames[order]
+    breaks = np.flatnonzero(np.diff(t) > max_gap_frames) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [t.shape[0]]])
+    best = int(np.argmax(ends - starts))
+    return np.sort(order[starts[best]:ends[best]])
+
+
+def _significance(score: int, chance_pairs: int, run_frames: float, query_frames: float,
+                  track_frames: float, total_frames: float, tol_frames: float, n_hyp: int) -> float:
+    """``-log10`` of the chance probability of ``score`` aligned landmarks (module docstring).
+
+    ``chance_pairs`` look-up hits on the track, spread over ``track_frames + query_frames``
+    possible offsets and over the query's length, give ``mu`` expected hits inside a band
+    of ``+-2 tol`` (the fitted line's freedom) along a run of ``run_frames``.  Tests: every
+    offset band of every track, every hypothesis, every run position.
+    """
+    band = 4.0 * tol_frames + 1.0
+    run_frames = min(max(run_frames, 1.0), max(query_frames, 1.0))
+    mu = max(chance_pairs - score, 1) * band / (track_frames + query_frames) \
+        * run_frames / max(query_frames, 1.0)
+    n_tests = n_hyp * (total_frames + query_frames) / band * max(query_frames, 1.0) / run_frames
+    return max(0.0, -(math.log10(n_tests) + poisson_log10_sf(score, mu)))
+
+
 def _fit_line(x: np.ndarray, y: np.ndarray, slope0: float, min_span: float) -> tuple[float, float]:
     """Least-squares ``y = b + s x``; falls back to slope ``slope0`` for short spans."""
     if x.shape[0] >= 3 and float(x.max() - x.min()) >= min_span:
@@ -413,14 +447,19 @@ def _fit_line(x: np.ndarray, y: np.ndarray, slope0: float, min_span: float) -> t
     return float(np.median(y - slope0 * x)), slope0
 
 
-def _unique_count(q_idx: np.ndarray, post_idx: np.ndarray) -> int:
-    """Evidence count: landmarks matched one-to-one (a query landmark or a reference
-    posting counts once however many probes found it)."""
-    return int(min(np.unique(q_idx).shape[0], np.unique(post_idx).shape[0]))
+def _unique_count(q_idx: np.ndarray, post_idx: np.ndarray, keys: np.ndarray) -> int:
+    """Evidence count: distinct matched keys, at most one per query landmark and per
+    reference landmark.  Counting *distinct keys* is what keeps repetitive material
+    honest: a drum loop aligned with another song's beat grid repeats a handful of keys
+    many times (chance alignment, not evidence), while a real match brings many
+    different landmarks."""
+    return int(min(np.unique(q_idx).shape[0], np.unique(post_idx).shape[0],
+                   np.unique(keys).shape[0]))
 
 
 def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: float,
-           fcfg: FingerprintConfig, mcfg: MatchConfig) -> list[_Evidence]:
+           track_frames: dict[int, float], fcfg: FingerprintConfig,
+           mcfg: MatchConfig) -> list[_Evidence]:
     """Find aligned evidence of catalogue tracks in the query (see module docstring)."""
     hyp_s, hyp_p = hypothesis_grid(mcfg)
     n_h = hyp_s.shape[0]
@@ -449,6 +488,8 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     top = top[pre_sig >= PREFILTER_FRACTION * mcfg.min_significance]
     candidates = [tuple(int(v) for v in row) for row in top]
     tol_final = mcfg.inlier_seconds / fcfg.frame_seconds
+    max_gap_frames = mcfg.max_gap_seconds / fcfg.frame_seconds
+    query_frames = query.duration / fcfg.frame_seconds
     min_span = 1.0 / fcfg.frame_seconds
     found: list[_Evidence] = []
     attempts: dict[int, list[tuple[float, float]]] = {}
@@ -467,12 +508,18 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         tried.append((b0, s))
         refined += 1
         seg = segments[si]
-        q_idx, ref_f, post_idx, res = collect_pairs(
-            query.time, query.f1, query.df, query.dt, s, p, track, b0, s, 2.0 * W,
+        # Every pair of this track under the hypothesis: how many postings of *this*
+        # track the query hits anywhere is its own chance rate (tracks made of common
+        # material - the same drum sounds, the same chords - are hit more often).
+        q_idx, ref_f, post_idx, res, _ = collect_pairs(
+            query.time, query.f1, query.df, query.dt, s, p, track, b0, s, 1e12,
             *seg.arrays(), mcfg.probe_margin)
-        if q_idx.shape[0] < 3:
-            continue
+        chance_pairs = q_idx.shape[0]
         x = query.time[q_idx]
+        band = np.abs(ref_f - (b0 + s * x)) <= 2.0 * W
+        if band.sum() < 3:
+            continue
+        x, ref_f, res = x[band], ref_f[band], res[band]
         b, slope = _fit_line(x, ref_f, s, min_span)
         for tol in (W, tol_final):
             keep = np.abs(ref_f - (b + slope * x)) <= tol
@@ -481,18 +528,22 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             b, slope = _fit_line(x[keep], ref_f[keep], slope, min_span)
         pitch = p + float(np.mean(res)) * hashes.F1_STEP_SEMITONES
         # Final look-up at the refined hypothesis: the evidence.
-        q_idx, ref_f, post_idx, res = collect_pairs(
+        q_idx, ref_f, post_idx, res, keys = collect_pairs(
             query.time, query.f1, query.df, query.dt, slope, pitch, track, b, slope,
             tol_final, *seg.arrays(), mcfg.probe_margin)
-        score = _unique_count(q_idx, post_idx) if q_idx.shape[0] else 0
+        if q_idx.shape[0] < mcfg.min_score:
+            continue
+        run = _densest_run(query.time[q_idx], max_gap_frames)
+        q_idx, ref_f, post_idx, res, keys = q_idx[run], ref_f[run], post_idx[run], res[run], keys[run]
+        score = _unique_count(q_idx, post_idx, keys)
         if score < mcfg.min_score:
             continue
         if q_idx.shape[0] >= 8:
             pitch = pitch + float(np.mean(res)) * hashes.F1_STEP_SEMITONES
-        mu = max(float(visits_total[h]), 1.0) * (2 * tol_final + 1) / max(total_frames, 1.0)
-        n_tests = n_h * max(total_frames, 1.0) / (2 * tol_final + 1)
-        significance = max(0.0, -(math.log10(n_tests) + poisson_log10_sf(score, mu)))
         x = query.time[q_idx]
+        significance = _significance(score, chance_pairs, float(x.max() - x.min()) + max_gap_frames,
+                                     query_frames, track_frames.get(track, total_frames),
+                                     total_frames, tol_final, n_h)
         tried.append((b, slope))
         found.append(_Evidence(track=track, segment=si, score=score, significance=significance,
                                speed=slope, pitch=pitch, line_b=b, q_frames=x,

@@ -148,6 +148,9 @@ class MatchConfig:
     inlier_seconds : float
         Final alignment tolerance: a landmark pair is evidence if it lies within this
         many seconds of the fitted query->reference line.
+    max_gap_seconds : float
+        Evidence is the densest run of aligned landmarks with no gap longer than this;
+        a match's segment is that run.
     """
 
     min_speed: float = 0.65
@@ -164,6 +167,7 @@ class MatchConfig:
     min_significance: float = 6.0
     max_matches: int = 10
     inlier_seconds: float = 0.048
+    max_gap_seconds: float = 2.5
 
     def with_(self, **changes) -> "MatchConfig":
         return replace(self, **changes)

@@ -249,6 +249,8 @@ class Index:
         self.segments = [store.open_segment(self.path / s["file"]) for s in self.manifest.segments]
         self._views = [_segment_view(s, removed) for s in self.segments]
         self.total_frames = self.manifest.live_frames()
+        self._track_frames = {int(t): float(f) for s in self.manifest.segments
+                              for t, f in zip(s["tracks"], s["frames"])}
 
     def _sweep(self) -> None:
         """Writer start-up: delete files and rows a crashed run left behind."""
@@ -309,7 +311,7 @@ class Index:
         mcfg = mcfg or MatchConfig()
         t0 = time.perf_counter()
         found = search(QueryLandmarks.from_landmarks(lm), self._views, self.total_frames,
-                       self.config, mcfg)
+                       self._track_frames, self.config, mcfg)
         found = [e for e in found if e.significance >= mcfg.min_significance]
         found.sort(key=lambda e: (-e.score, e.track))
         found = found[: mcfg.max_matches]
