@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Major-scale degrees in semitones.
-_MAJOR = np.array([0, 2, 4, 5, 7, 9, 11])
+#: Scales (semitones above the tonic); each piece picks one.
+_SCALES = (np.array([0, 2, 4, 5, 7, 9, 11]), np.array([0, 2, 3, 5, 7, 8, 10]),
+           np.array([0, 2, 3, 5, 7, 9, 10]), np.array([0, 1, 3, 5, 7, 8, 10]))
 
 
 def _note(freq_hz: float, n_samples: int, sr: int, n_harmonics: int, decay_s: float,
-          brightness: float) -> np.ndarray:
-    """A plucked/struck tone: harmonics with 1/k^brightness amplitudes and exponential decay."""
+          brightness: float, profile: np.ndarray | None = None) -> np.ndarray:
+    """A plucked/struck tone: harmonics with 1/k^brightness amplitudes (times an optional
+    per-instrument ``profile``) and exponential decay."""
     t = np.arange(n_samples) / sr
     k = np.arange(1, n_harmonics + 1)[:, None]
     keep = (k[:, 0] * freq_hz) < sr / 2 * 0.95
-    partials = np.sin(2 * np.pi * freq_hz * k[keep] * t) / k[keep] ** brightness
+    amp = 1.0 / k[keep] ** brightness
+    if profile is not None:
+        amp = amp * profile[: n_harmonics][keep[: profile.shape[0]]][:, None] if profile.shape[0] >= n_harmonics else amp
+    partials = np.sin(2 * np.pi * freq_hz * k[keep] * t) * amp
     env = np.exp(-t / decay_s) * np.minimum(1.0, t / 0.005)
     return (partials.sum(axis=0) * env).astype(np.float32)
 
@@ -56,6 +61,14 @@ def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050) -> np.ndarray:
     progression = rng.choice(7, size=4, replace=True)
     brightness = rng.uniform(0.8, 1.6)
     melody_decay = rng.uniform(0.15, 0.5)
+    _MAJOR = _SCALES[int(rng.integers(0, len(_SCALES)))]
+    # Per-piece timbres: random harmonic profiles, drum tunings and groove.
+    lead_profile = rng.uniform(0.2, 1.0, 8)
+    pad_profile = rng.uniform(0.2, 1.0, 6)
+    kick_hz = rng.uniform(40, 70)
+    snare_decay = rng.uniform(0.02, 0.08)
+    swing = rng.uniform(0.0, 0.15)
+    melody_rate = int(rng.integers(2, 4))  # notes per beat
 
     def hz(midi: float) -> float:
         return 440.0 * 2 ** ((midi - 69) / 12)
@@ -68,22 +81,23 @@ def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050) -> np.ndarray:
             for third in (0, 2, 4):
                 d = degree + third
                 midi = tonic + 12 + _MAJOR[d % 7] + 12 * (d // 7)
-                _add(y, _note(hz(midi), 2 * beat, sr, 6, 0.6, brightness + 0.4), start, 0.12)
+                _add(y, _note(hz(midi), 2 * beat, sr, 6, 0.6, brightness + 0.4, pad_profile), start, 0.12)
             _add(y, _note(hz(tonic - 12 + _MAJOR[degree]), beat, sr, 4, 0.3, 1.0), start, 0.3)
-        for half in range(2):  # melody on eighth notes, with rests
+        for sub in range(melody_rate):  # melody, with rests and swing
             if rng.random() < 0.25:
                 continue
             d = degree + int(rng.integers(0, 8))
             midi = tonic + 24 + _MAJOR[d % 7] + 12 * (d // 7)
-            _add(y, _note(hz(midi), beat, sr, 8, melody_decay, brightness), start + half * beat // 2,
-                 0.22)
+            offset = int(sub * beat / melody_rate + (swing * beat if sub % 2 else 0))
+            _add(y, _note(hz(midi), beat, sr, 8, melody_decay, brightness, lead_profile),
+                 start + offset, 0.22)
         # drums: kick on 1 and 3, snare on 2 and 4, hats every eighth
         t = np.arange(int(0.12 * sr)) / sr
         if b % 2 == 0:
-            kick = np.sin(2 * np.pi * (50 + 90 * np.exp(-t / 0.03)) * t) * np.exp(-t / 0.05)
+            kick = np.sin(2 * np.pi * (kick_hz + 90 * np.exp(-t / 0.03)) * t) * np.exp(-t / 0.05)
             _add(y, kick.astype(np.float32), start, 0.5)
         else:
-            snare = rng.standard_normal(t.shape[0]) * np.exp(-t / 0.04)
+            snare = rng.standard_normal(t.shape[0]) * np.exp(-t / snare_decay)
             _add(y, snare.astype(np.float32), start, 0.15)
         for half in range(2):
             hat = np.diff(rng.standard_normal(int(0.03 * sr) + 1)) * np.exp(-np.arange(int(0.03 * sr)) / (0.008 * sr))

@@ -77,7 +77,7 @@ class FingerprintConfig:
     bins_per_semitone : int
         Log-frequency resolution (3 -> one bin per 33 cents).
     min_pair_frames, max_pair_frames : int
-        Target zone in time: a target follows its anchor by 1..64 frames (16 ms..1.02 s).
+        Target zone in time: a target follows its anchor by 3..66 frames (48 ms..1.06 s).
     max_pair_semitones : float
         Target zone in frequency: |f_target - f_anchor| <= 21 semitones.
     index, query : PeakConfig
@@ -90,8 +90,8 @@ class FingerprintConfig:
     fmin_hz: float = 100.0
     fmax_hz: float = 3900.0
     bins_per_semitone: int = 3
-    min_pair_frames: int = 1
-    max_pair_frames: int = 64
+    min_pair_frames: int = 3
+    max_pair_frames: int = 66
     max_pair_semitones: float = 21.0
     index: PeakConfig = PeakConfig(peaks_per_second=9.0, fan_out=3)
     query: PeakConfig = PeakConfig(peaks_per_second=20.0, fan_out=10)
@@ -164,7 +164,7 @@ class MatchConfig:
     offset_bin_frames: int = 4
     probe_margin: float = 0.2
     min_score: int = 8
-    min_significance: float = 6.0
+    min_significance: float = 10.0
     max_matches: int = 10
     inlier_seconds: float = 0.048
     max_gap_seconds: float = 2.5

@@ -7,7 +7,7 @@ A landmark is a pair of spectral peaks: an anchor at ``(t1, f1)`` and a target a
     bit 19 .......... 13 12 .......... 6 5 ..... 0
         f1 (7 bits)         df (7 bits)     dt (6 bits)
         0.5 semitone        1/3 semitone    1 frame (16 ms)
-        0 .. 63.5 st        -21.3 .. +21 st 1 .. 64 frames
+        0 .. 63.5 st        -21.3 .. +21 st 3 .. 66 frames
 
 Why these coordinates: ``df`` (a log-frequency *difference*) does not change under a
 pitch shift; ``f1`` moves by the shift and ``dt`` scales with tempo, so the matcher
@@ -53,8 +53,9 @@ DF_STEP_SEMITONES = 1.0 / 3.0
 DT_STEP_FRAMES = 1.0
 #: df bins are centred: bin DF_ZERO holds df in [0, DF_STEP).
 DF_ZERO = 1 << (DF_BITS - 1)
-#: dt bins start at 1 frame.
-DT_MIN_FRAMES = 1.0
+#: dt bins start at 3 frames: pairs closer than 48 ms are mostly partials of one onset
+#: (harmonic intervals shared by all tonal music), which match across unrelated songs.
+DT_MIN_FRAMES = 3.0
 
 SLOT_BITS = 16
 FRAME_BITS = 16
