@@ -1,0 +1,1 @@
+"""Earmark benchmark harness (``fp bench``)."""
