@@ -63,6 +63,10 @@ _SOUNDFILE_EXTENSIONS = frozenset(
      ".au", ".snd", ".caf", ".w64", ".rf64"}
 )
 
+# Compressed formats decode ~1.4x faster through FFmpeg's decoders than through
+# libsndfile's (measured on Vorbis); PCM formats are fastest through libsndfile.
+_FFMPEG_FIRST = frozenset({".ogg", ".oga", ".opus", ".mp3"})
+
 _RESAMPLE_QUALITY = "HQ"
 _HASH_CHUNK_BYTES = 1 << 20
 # Tolerated undecodable packets in an FFmpeg stream before we call the file corrupt;
@@ -218,29 +222,51 @@ def _open_pyav(p: Path, name: str, offset_seconds: float
     resampler = av.AudioResampler(format="fltp", rate=sr_in)
     skip = int(round(offset_seconds * sr_in))
 
-    def to_mono(frame) -> Iterator[np.ndarray]:
-        for out in resampler.resample(frame):
-            yield _downmix(out.to_ndarray(), channel_axis=0)
+    def converted_frames() -> Iterator[np.ndarray]:
+        """(channels, samples) float arrays; frames already in float planar/packed
+        format at the first rate skip the converter (most of FFmpeg's decoders output
+        fltp: Vorbis, Opus, AAC, MP3), which makes this path ~1.5x faster."""
+        for frame in itertools.chain([first], frames, [None]):
+            if (frame is not None and frame.format.name == "fltp"
+                    and frame.sample_rate == sr_in):
+                yield frame.to_ndarray()
+                continue
+            try:
+                # None flushes the format converter at the end of the stream.
+                converted = resampler.resample(frame)
+            except Exception as err:
+                if frame is None:
+                    break
+                raise _decode_failure(p, _reason(err)) from None
+            for out in converted:
+                yield out.to_ndarray()
+
+    def grouped() -> Iterator[np.ndarray]:
+        """Downmix a few frames at a time (per-frame numpy calls dominate otherwise)."""
+        group: list[np.ndarray] = []
+        n = 0
+        for x in converted_frames():
+            if group and x.shape[0] != group[0].shape[0]:
+                yield _downmix(np.concatenate(group, axis=1), channel_axis=0)
+                group, n = [], 0
+            group.append(x)
+            n += x.shape[1]
+            if n >= 32768:
+                yield _downmix(np.concatenate(group, axis=1), channel_axis=0)
+                group, n = [], 0
+        if group:
+            yield _downmix(np.concatenate(group, axis=1), channel_axis=0)
 
     def chunks() -> Iterator[np.ndarray]:
         nonlocal skip
         try:
-            for frame in itertools.chain([first], frames, [None]):
-                try:
-                    # None flushes the format converter at the end of the stream.
-                    converted = resampler.resample(frame)
-                except Exception as err:
-                    if frame is None:
-                        break
-                    raise _decode_failure(p, _reason(err)) from None
-                for out in converted:
-                    y = _downmix(out.to_ndarray(), channel_axis=0)
-                    if skip >= len(y):  # decode-and-discard keeps offsets sample-exact
-                        skip -= len(y)
-                        continue
-                    if skip:
-                        y, skip = y[skip:], 0
-                    yield y
+            for y in grouped():
+                if skip >= len(y):  # decode-and-discard keeps offsets sample-exact
+                    skip -= len(y)
+                    continue
+                if skip:
+                    y, skip = y[skip:], 0
+                yield y
         finally:
             container.close()
 
@@ -370,7 +396,13 @@ def iter_audio_blocks(path: str | os.PathLike, sr: int, block_seconds: float = 3
     p = _check_file(path)
 
     sr_in = chunks = None
-    if p.suffix.lower() in _SOUNDFILE_EXTENSIONS:
+    suffix = p.suffix.lower()
+    if suffix in _FFMPEG_FIRST:
+        try:
+            sr_in, chunks = _open_pyav(p, name, offset_seconds)
+        except AudioError:
+            chunks = None  # libsndfile below gets a chance, and reports if it fails too
+    if chunks is None and suffix in _SOUNDFILE_EXTENSIONS:
         try:
             sr_in, chunks = _open_soundfile(p, name, block_seconds, offset_seconds)
         except AudioError:

@@ -46,6 +46,8 @@ MAX_SEGMENTS = 8
 #: interrupted run keeps most of its work.
 FLUSH_SECONDS = 120.0
 FLUSH_POSTINGS = 4_000_000
+#: Below this many postings (~500 MB) an index is kept as a single segment.
+MERGE_ALL_POSTINGS = 100_000_000
 
 
 def default_index_path() -> Path:
@@ -442,14 +444,26 @@ class Index:
             if pool is not None:
                 pool.terminate()
                 pool.join()
-        if len(self.manifest.segments) > MAX_SEGMENTS or (
-                self.manifest.removed and len(self.manifest.removed) * 4 > len(self.manifest.live_track_ids())):
+        if self._should_merge():
             self.merge()
         if metadata_csv is not None:
             self.meta.apply_csv(metadata_csv)
         report.elapsed = time.perf_counter() - t_start
         report.stage_seconds["fingerprint_cpu"] = fp_seconds
         return report
+
+    def _should_merge(self) -> bool:
+        """Merge policy: one segment while the index is small (every query pays a look-up
+        per segment); past ``MERGE_ALL_POSTINGS`` only when segments pile up or many
+        removed tracks still occupy space."""
+        segs = self.manifest.segments
+        postings = sum(s["postings"] for s in segs)
+        if len(segs) > MAX_SEGMENTS:
+            return True
+        if len(segs) > 1 and postings <= MERGE_ALL_POSTINGS:
+            return True
+        live = len(self.manifest.live_track_ids())
+        return bool(self.manifest.removed) and len(self.manifest.removed) * 4 > live
 
     def _commit(self, batch: list[_Fingerprinted], replace_ids: dict[str, int],
                 report: IndexReport) -> None:
