@@ -1,0 +1,998 @@
+"""``fp scan``: batch-scan folders, lists or a manifest of audio into a durable, resumable report.
+
+A content-protection team or a platform receives thousands of generated tracks a day and
+needs to know which use catalogue recordings, with evidence it can forward::
+
+    fp scan outputs/ --out report/ -j 2          # folders (recursive), files, @list.txt, -
+    fp scan --manifest jobs.csv --out report/    # CSV: a path column + columns carried through
+    fp scan outputs/ --out report/               # again after a crash or Ctrl-C: resumes
+
+Python API (a generator, so a pipeline sees each result as it lands)::
+
+    from earmark.scan import scan
+    for r in scan(["outputs/"], "report/", index="cat.fpindex", jobs=2):
+        if r.flagged:
+            print(r.path, [m.reference.label() for m in r.result.matches])
+
+The report folder
+-----------------
+``results.jsonl``
+    One line per analysed file, appended durably (``write`` + ``fsync``) by the parent
+    process as each file finishes.  A line is exactly ``QueryResult.to_dict(
+    with_alignment=True)`` - the schema of ``fp match --json`` (see
+    :mod:`earmark.evidence`) - plus two keys: ``content_hash`` (BLAKE2b-128 of the file's
+    bytes) and ``manifest`` (the manifest columns of that file, ``{}`` without a manifest;
+    nested so that a column called ``query`` or ``error`` cannot overwrite evidence).
+``errors.jsonl``
+    One line per file that could not be analysed (missing, empty, corrupt, silent, too
+    short, ...), same schema with ``error`` set to a one-line reason and no matches.
+``summary.csv``
+    One row per flagged file and matched recording (best segment of that recording, number
+    of segments, matched seconds).  Text cells that a spreadsheet would run as a formula
+    (starting with ``= + - @``) are prefixed with ``'``.
+``report.html``
+    One self-contained static page (see :mod:`earmark.report_html`).
+
+``summary.csv`` and ``report.html`` are regenerated from the two journals at the end of every
+run (also an interrupted one), so a resumed run reports everything.
+
+Resume and crash safety
+-----------------------
+A file is identified by its path *and* the hash of its content.  On start the journals are
+read (a torn last line, left by a kill in the middle of a write, is truncated away); a file
+whose (content hash, path) already has a line is not analysed again, and a file whose
+content was already analysed under another path gets a copy of that evidence without being
+decoded again.  The parent is the only writer, so a ``kill -9`` loses at most the files in
+flight and never writes a line twice.  A changed file (same path, new content) is analysed
+again; the report shows the newest result of each path.  A report folder is locked while a
+scan runs.
+
+Errors are final: an errored file is not retried by a re-run unless ``--retry-errors``
+(``retry_errors=True``) is given, which drops the error lines of this run's inputs and
+analyses them again.  A missing input is an error too (it may appear later: re-run with
+``--retry-errors``).
+
+Relative paths in a manifest or a list file are resolved against the folder of that file;
+paths read from standard input against the current folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import fcntl
+import io
+import json
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from earmark.errors import EarmarkError, MetadataError
+
+RESULTS = "results.jsonl"
+ERRORS = "errors.jsonl"
+SUMMARY = "summary.csv"
+REPORT = "report.html"
+LOCK = ".scan.lock"
+
+#: Inputs with these suffixes (besides ``@file``) are read as lists of paths, one per line.
+LIST_SUFFIXES = frozenset({".txt", ".lst"})
+
+EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
+
+__all__ = ["scan", "run_scan", "ScanResult", "ScanSummary", "ScanProgress", "ScanItem",
+           "expand_inputs", "read_manifest", "load_records", "summarize", "write_reports",
+           "scan_cmd"]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    """One file to scan: its absolute path and the manifest columns that travel with it."""
+
+    path: str
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise EarmarkError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError:
+        raise EarmarkError(f"{path}: {what} is not UTF-8 text") from None
+    except OSError as e:
+        raise EarmarkError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+
+
+def _resolve(entry: str, base: Path | None) -> str:
+    p = Path(entry)
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return os.path.abspath(p)
+
+
+def read_path_list(text: str, base: Path | None) -> list[str]:
+    """Paths from a list (one per line; blank lines ignored), made absolute against ``base``
+    (or the current folder)."""
+    return [_resolve(line.strip(), base) for line in text.splitlines() if line.strip()]
+
+
+def read_manifest(path: str | os.PathLike) -> list[ScanItem]:
+    """Read a manifest CSV: a ``path`` column (header matched without regard to case or
+    surrounding spaces) and any other columns, carried through to the report as text.
+
+    Raises
+    ------
+    MetadataError
+        Missing/unreadable file, not UTF-8, malformed CSV, or no ``path`` column.
+    """
+    p = Path(path)
+    try:
+        text = _read_text(p, "manifest")
+    except EarmarkError as e:
+        raise MetadataError(str(e)) from None
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise MetadataError(f"{p}: malformed CSV ({e})") from None
+    if not rows:
+        raise MetadataError(f"{p}: manifest is empty (need a header row with a path column)")
+    header = [h.strip() for h in rows[0]]
+    lowered = [h.lower() for h in header]
+    if "path" not in lowered:
+        raise MetadataError(f"{p}: manifest has no 'path' column (columns: "
+                            f"{', '.join(header) or 'none'})")
+    ip = lowered.index("path")
+    base = p.resolve().parent
+    items = []
+    for row in rows[1:]:
+        if not row or not any(c.strip() for c in row):
+            continue
+        entry = row[ip].strip() if ip < len(row) else ""
+        if not entry:
+            continue
+        cols = {h: (row[i] if i < len(row) else "") for i, h in enumerate(header)
+                if i != ip and h}
+        items.append(ScanItem(_resolve(entry, base), cols))
+    return items
+
+
+def _expand_entry(path: str, columns: dict[str, str], out: list[ScanItem]) -> None:
+    """A folder becomes its audio files (recursively); anything else is itself."""
+    from earmark.index.catalogue import find_audio_files
+
+    if os.path.isdir(path):
+        files, _ = find_audio_files([path])
+        out.extend(ScanItem(f, dict(columns)) for f in files)
+    else:
+        out.append(ScanItem(os.path.abspath(path), dict(columns)))
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike] = (),
+                  manifest: str | os.PathLike | None = None,
+                  stdin: TextIO | None = None) -> list[ScanItem]:
+    """Turn command-line inputs into the files to scan, in order, duplicates (same absolute
+    path) removed - the first occurrence keeps its manifest columns.
+
+    An input is a folder (its audio files, recursively), a file, ``@list`` or a ``.txt`` /
+    ``.lst`` file (a list of paths, one per line), or ``-`` (paths on ``stdin``).  Paths that
+    do not exist are kept: they become ``errors.jsonl`` lines, not a stopped batch.
+
+    Raises
+    ------
+    EarmarkError
+        An unreadable list file or manifest.
+    """
+    raw: list[ScanItem] = []
+    for item in inputs:
+        s = os.fspath(item)
+        if s == "-":
+            if stdin is None:
+                stdin = sys.stdin
+            for p in read_path_list(stdin.read(), None):
+                _expand_entry(p, {}, raw)
+        elif s.startswith("@") and len(s) > 1 and not os.path.exists(s):
+            lst = Path(s[1:])
+            for p in read_path_list(_read_text(lst, "list file"), lst.resolve().parent):
+                _expand_entry(p, {}, raw)
+        elif Path(s).suffix.lower() in LIST_SUFFIXES and os.path.isfile(s):
+            lst = Path(s)
+            for p in read_path_list(_read_text(lst, "list file"), lst.resolve().parent):
+                _expand_entry(p, {}, raw)
+        else:
+            _expand_entry(s, {}, raw)
+    if manifest is not None:
+        for it in read_manifest(manifest):
+            _expand_entry(it.path, it.columns, raw)
+    seen: set[str] = set()
+    items = []
+    for it in raw:
+        if it.path not in seen:
+            seen.add(it.path)
+            items.append(it)
+    return items
+
+
+# --------------------------------------------------------------------------- journals
+
+
+class _Journal:
+    """An append-only JSON-lines file with one writer: each line is written with a single
+    ``write`` on an ``O_APPEND`` descriptor and ``fsync``-ed before the call returns."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        existed = path.exists()
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if not existed:
+            _fsync_dir(path.parent)
+
+    def append(self, record: dict[str, Any]) -> int:
+        """Write one line durably; returns its byte offset."""
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        offset = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+            os.fsync(self.fd)
+        except OSError as e:
+            try:  # never leave half a line (disk full): the next line must start clean
+                os.ftruncate(self.fd, offset)
+            except OSError:
+                pass
+            raise EarmarkError(f"{self.path}: cannot write ({e.strerror or e})") from None
+        return offset
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _iter_journal(path: Path, repair: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(offset, record)`` for each complete line.
+
+    A last line without its newline is the torn write of a killed run: with ``repair`` the
+    file is truncated to the end of the last complete line (else it is ignored).  A complete
+    line that is not a JSON object (damaged by hand) is skipped.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise EarmarkError(f"{path}: cannot read ({e.strerror or e})") from None
+    torn_at = None
+    with f:
+        offset = 0
+        for line in f:
+            if not line.endswith(b"\n"):
+                torn_at = offset
+                break
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+            if isinstance(rec, dict) and isinstance(rec.get("query"), str):
+                yield offset, rec
+            offset += len(line)
+    if torn_at is not None and repair:
+        with open(path, "r+b") as f:
+            f.truncate(torn_at)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_line_at(path: Path, offset: int) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return json.loads(f.readline())
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """One scanned file.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the file.
+    record : dict
+        Exactly the line in ``results.jsonl`` (or ``errors.jsonl`` when ``error`` is set).
+    status : str
+        ``"scanned"`` (analysed by this run), ``"duplicate"`` (same content as a file
+        already analysed: evidence copied, not decoded again) or ``"resumed"`` (its line
+        was written by an earlier run).
+    """
+
+    path: str
+    record: dict[str, Any]
+    status: str
+
+    @property
+    def error(self) -> str | None:
+        return self.record.get("error")
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def flagged(self) -> bool:
+        """True when at least one catalogue recording was found."""
+        return bool(self.record.get("matches"))
+
+    @property
+    def content_hash(self) -> str | None:
+        return self.record.get("content_hash")
+
+    @property
+    def columns(self) -> dict[str, str]:
+        return self.record.get("manifest") or {}
+
+    @property
+    def duration(self) -> float:
+        return float(self.record.get("duration") or 0.0)
+
+    @property
+    def result(self):
+        """The evidence as a :class:`earmark.evidence.QueryResult`."""
+        return record_to_query_result(self.record)
+
+
+def record_to_query_result(record: dict[str, Any]):
+    """Rebuild a :class:`~earmark.evidence.QueryResult` (with its matches) from a line."""
+    from earmark.evidence import Match, QueryResult, Reference
+
+    known = {"track_id", "path", "duration", "title", "artist", "isrc", "rights_holder"}
+    matches = []
+    for m in record.get("matches") or []:
+        ref = dict(m.get("reference") or {})
+        reference = Reference(
+            track_id=int(ref.get("track_id", -1)), path=str(ref.get("path", "")),
+            duration=float(ref.get("duration") or 0.0), title=ref.get("title"),
+            artist=ref.get("artist"), isrc=ref.get("isrc"),
+            rights_holder=ref.get("rights_holder"),
+            extra={k: v for k, v in ref.items() if k not in known})
+
+        def num(k: str, default: float = 0.0) -> float:
+            v = m.get(k)
+            return float(v) if v is not None else default
+
+        matches.append(Match(
+            reference=reference, score=int(m.get("score") or 0),
+            significance=num("significance", math.inf), query_start=num("query_start"),
+            query_end=num("query_end"), reference_start=num("reference_start"),
+            reference_end=num("reference_end"), coverage=num("coverage"),
+            speed=num("speed", 1.0), pitch_semitones=num("pitch_semitones"),
+            kind=m.get("kind", "recording"),
+            alignment=tuple((float(q), float(r)) for q, r in (m.get("alignment") or []))))
+    return QueryResult(query=record["query"], duration=float(record.get("duration") or 0.0),
+                       matches=tuple(matches), error=record.get("error"))
+
+
+@dataclass
+class ScanProgress:
+    """Passed to the ``progress`` callback after each file."""
+
+    done: int
+    total: int
+    scanned: int
+    resumed: int
+    errors: int
+    flagged: int
+    audio_seconds: float
+    elapsed: float
+    path: str
+
+    @property
+    def files_per_second(self) -> float:
+        return self.scanned / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def audio_hours_per_second(self) -> float:
+        return self.audio_seconds / 3600.0 / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Remaining time at this run's rate (None until a file has been analysed)."""
+        rate = self.files_per_second
+        return (self.total - self.done) / rate if rate > 0 else None
+
+
+@dataclass
+class ScanSummary:
+    """What a report folder holds (newest line per path) and what the last run did.
+
+    ``per_rights_holder`` maps a rights holder (``"(unknown)"`` when the metadata has
+    none) to ``{"files": flagged files using its recordings, "recordings": how many of its
+    recordings were found, "seconds": matched query seconds}``; ``per_recording`` lists one
+    dict per matched catalogue recording (``track_id, label, title, artist, isrc,
+    rights_holder, path, files, seconds, best_significance``), most files first.
+    """
+
+    out_dir: Path
+    files: int = 0
+    audio_seconds: float = 0.0
+    flagged: int = 0
+    errors: int = 0
+    per_rights_holder: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_recording: list[dict[str, Any]] = field(default_factory=list)
+    # this run
+    run_files: int = 0
+    run_scanned: int = 0
+    run_duplicates: int = 0
+    run_resumed: int = 0
+    run_errors: int = 0
+    run_flagged: int = 0
+    run_audio_seconds: float = 0.0
+    run_elapsed: float = 0.0
+
+    @property
+    def audio_hours(self) -> float:
+        return self.audio_seconds / 3600.0
+
+    @property
+    def clean(self) -> int:
+        return self.files - self.flagged - self.errors
+
+
+# --------------------------------------------------------------------------- workers
+
+_W: dict[str, Any] = {}
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when the scan process dies (kill -9 included)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _worker_init(index_path: str, mcfg, done: set, hashes: dict, parent_pid: int) -> None:
+    from earmark.index.catalogue import Index
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    _die_with_parent()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    # Each worker maps the same segment files: the pages are shared through the page cache.
+    _W.update(index=Index.open(index_path), mcfg=mcfg, done=done, hashes=hashes)
+
+
+def _one_line(e: BaseException, path: str) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, EarmarkError):
+        return text or f"{path}: {type(e).__name__}"
+    return f"{path}: {type(e).__name__}: {text}" if text else f"{path}: {type(e).__name__}"
+
+
+def _scan_one(task: tuple[int, str]) -> tuple[int, str, str | None, Any, float]:
+    """Worker: ``(i, status, content_hash, payload, seconds)``; never raises.
+
+    status ``resumed`` / ``duplicate`` carry no payload, ``scanned`` the record dict,
+    ``error`` the one-line reason.
+    """
+    from earmark.fingerprint.audio import content_hash
+
+    i, path = task
+    t0 = time.perf_counter()
+    digest = None
+    try:
+        digest = content_hash(path)
+        if (digest, path) in _W["done"]:
+            return i, "resumed", digest, None, 0.0
+        if digest in _W["hashes"]:
+            return i, "duplicate", digest, None, 0.0
+        res = _W["index"].match_file(path, _W["mcfg"])
+        return i, "scanned", digest, res.to_dict(with_alignment=True), time.perf_counter() - t0
+    except MemoryError:
+        return i, "error", digest, f"{path}: out of memory", time.perf_counter() - t0
+    except Exception as e:  # EarmarkError, or a decoder bug: never stop the batch
+        return i, "error", digest, _one_line(e, path), time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def _lock(out: Path) -> int:
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise EarmarkError(f"{out} is being written by another scan") from None
+    return fd
+
+
+def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike, *,
+         index: Any = None, jobs: int = 1, manifest: str | os.PathLike | None = None,
+         mcfg: Any = None, progress: Callable[[ScanProgress], None] | None = None,
+         retry_errors: bool = False, items: list[ScanItem] | None = None,
+         stdin: TextIO | None = None) -> Iterator[ScanResult]:
+    """Scan audio files against an index; yield one :class:`ScanResult` per input file.
+
+    Results are appended durably to ``out_dir/results.jsonl`` / ``errors.jsonl`` as each
+    file finishes; ``summary.csv`` and ``report.html`` are regenerated when the generator
+    finishes (or is closed or interrupted).  The generator's return value
+    (``StopIteration.value``; see :func:`run_scan`) is the :class:`ScanSummary`.
+
+    Parameters
+    ----------
+    inputs : iterable of paths
+        Folders, files, ``@list`` / ``.txt`` / ``.lst`` list files, ``-`` for stdin.
+    out_dir : path
+        Report folder (created).  Re-using it resumes.
+    index : path or Index, optional
+        Index folder (default :func:`~earmark.index.catalogue.default_index_path`) or an
+        open :class:`~earmark.index.catalogue.Index`.
+    jobs : int
+        Worker processes (forked; each maps the index read-only, sharing its pages).
+    manifest : path, optional
+        CSV with a ``path`` column; other columns go into each line's ``manifest``.
+    mcfg : MatchConfig, optional
+        Matching settings (default ``MATCH_PRESETS["default"]``).
+    progress : callable, optional
+        Called with a :class:`ScanProgress` after each file.
+    retry_errors : bool
+        Analyse again the inputs that have an ``errors.jsonl`` line.
+    items : list of ScanItem, optional
+        Already-expanded inputs (instead of / in addition to ``inputs``).
+
+    Raises
+    ------
+    EarmarkError
+        Unusable index, report folder, list file or manifest (before any file is scanned).
+    """
+    from earmark.fingerprint.config import MATCH_PRESETS
+    from earmark.index.catalogue import Index, default_index_path
+
+    t_start = time.perf_counter()
+    todo = list(items or []) + expand_inputs(inputs or (), manifest, stdin=stdin)
+    seen: set[str] = set()
+    todo = [it for it in todo if not (it.path in seen or seen.add(it.path))]
+    mcfg = mcfg or MATCH_PRESETS["default"]
+    own_index = not isinstance(index, Index)
+    idx = Index.open(index if index is not None else default_index_path()) if own_index else index
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(out)
+    except OSError as e:
+        if own_index:
+            idx.close()
+        raise EarmarkError(f"cannot create report folder {out}: {e.strerror or e}") from None
+    except BaseException:
+        if own_index:
+            idx.close()
+        raise
+    results_path, errors_path = out / RESULTS, out / ERRORS
+    summary = None
+    journals: list[_Journal] = []
+    pool = None
+    try:
+        input_paths = {it.path for it in todo}
+        if retry_errors and errors_path.exists():
+            kept = [rec for _, rec in _iter_journal(errors_path, repair=True)
+                    if rec["query"] not in input_paths]
+            _atomic_write(errors_path, "".join(
+                json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode("utf-8"))
+        # What earlier runs did: (hash, path) -> (journal, offset); hash -> results offset.
+        done: dict[tuple[str | None, str], tuple[Path, int]] = {}
+        hashes: dict[str, int] = {}
+        for jpath in (results_path, errors_path):
+            for off, rec in _iter_journal(jpath, repair=True):
+                done[(rec.get("content_hash"), rec["query"])] = (jpath, off)
+                if jpath is results_path and rec.get("content_hash"):
+                    hashes.setdefault(rec["content_hash"], off)
+        results_j, errors_j = _Journal(results_path), _Journal(errors_path)
+        journals = [results_j, errors_j]
+
+        counts = {"scanned": 0, "duplicate": 0, "resumed": 0, "errors": 0, "flagged": 0}
+        audio_s = 0.0
+        t_scan = time.perf_counter()
+        done_n = 0
+
+        work = [(i, it.path) for i, it in enumerate(todo)]
+        if jobs > 1 and len(work) > 1:
+            ctx = multiprocessing.get_context("fork")
+            pool = ctx.Pool(processes=min(jobs, len(work)), initializer=_worker_init,
+                            initargs=(str(idx.path), mcfg, set(done), set(hashes), os.getpid()))
+            outcomes: Iterable = pool.imap_unordered(_scan_one, work, chunksize=1)
+        else:
+            _W.update(index=idx, mcfg=mcfg, done=set(done), hashes=set(hashes))
+            outcomes = (_scan_one(t) for t in work)
+
+        for i, status, digest, payload, _secs in outcomes:
+            item = todo[i]
+            if status == "error" and digest is None and (None, item.path) in done:
+                status = "resumed"  # still unreadable (missing, empty): already reported
+            if status == "resumed":
+                jpath, off = done[(digest, item.path)]
+                record = _read_line_at(jpath, off)
+            elif status == "duplicate":
+                base = _read_line_at(results_path, hashes[digest])
+                record = {**base, "query": item.path, "content_hash": digest,
+                          "manifest": dict(item.columns)}
+                off = results_j.append(record)
+            elif status == "scanned":
+                record = {**payload, "content_hash": digest, "manifest": dict(item.columns)}
+                off = results_j.append(record)
+                hashes.setdefault(digest, off)
+            else:
+                record = {"query": item.path, "duration": 0.0, "error": payload, "matches": [],
+                          "content_hash": digest, "manifest": dict(item.columns)}
+                errors_j.append(record)
+                status = "scanned"
+            result = ScanResult(item.path, record, status)
+            done_n += 1
+            counts[status] += 1
+            if result.error:
+                counts["errors"] += 1
+            elif result.flagged:
+                counts["flagged"] += 1
+            if status != "resumed":
+                audio_s += result.duration
+            if progress is not None:
+                progress(ScanProgress(done=done_n, total=len(todo),
+                                      scanned=counts["scanned"] + counts["duplicate"],
+                                      resumed=counts["resumed"], errors=counts["errors"],
+                                      flagged=counts["flagged"], audio_seconds=audio_s,
+                                      elapsed=time.perf_counter() - t_scan, path=item.path))
+            yield result
+        summary = ScanSummary(out_dir=out)
+        summary.run_files = done_n
+        summary.run_scanned = counts["scanned"]
+        summary.run_duplicates = counts["duplicate"]
+        summary.run_resumed = counts["resumed"]
+        summary.run_errors = counts["errors"]
+        summary.run_flagged = counts["flagged"]
+        summary.run_audio_seconds = audio_s
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        _W.clear()
+        for j in journals:
+            j.close()
+        try:
+            full = write_reports(out, context={"index": os.path.abspath(idx.path), "mcfg": mcfg})
+        except Exception:
+            if summary is not None:  # only a successful run must report a failure here
+                raise
+            full = None
+        finally:
+            os.close(lock_fd)
+            if own_index:
+                idx.close()
+    if summary is not None and full is not None:
+        for k in ("files", "audio_seconds", "flagged", "errors", "per_rights_holder",
+                  "per_recording"):
+            setattr(summary, k, getattr(full, k))
+        summary.run_elapsed = time.perf_counter() - t_start
+    return summary
+
+
+def run_scan(*args: Any, **kwargs: Any) -> ScanSummary:
+    """Run :func:`scan` to the end and return its :class:`ScanSummary`."""
+    gen = scan(*args, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def load_records(out_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """``(results, errors)`` of a report folder: the newest line of each path; a path with a
+    result is not listed among the errors (a retried file that now works)."""
+    out = Path(out_dir)
+    results: dict[str, dict] = {}
+    for _, rec in _iter_journal(out / RESULTS):
+        results.pop(rec["query"], None)
+        results[rec["query"]] = rec
+    errors: dict[str, dict] = {}
+    for _, rec in _iter_journal(out / ERRORS):
+        if rec["query"] not in results:
+            errors.pop(rec["query"], None)
+            errors[rec["query"]] = rec
+    return list(results.values()), list(errors.values())
+
+
+def _ref_label(ref: dict[str, Any]) -> str:
+    title, artist = ref.get("title"), ref.get("artist")
+    if title:
+        return f"{artist} – {title}" if artist else str(title)
+    return str(ref.get("path", "")).rsplit("/", 1)[-1] or f"track {ref.get('track_id')}"
+
+
+def _matched_seconds(m: dict[str, Any]) -> float:
+    return max(0.0, float(m.get("query_end") or 0.0) - float(m.get("query_start") or 0.0))
+
+
+def group_by_recording(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The matches of one line grouped per catalogue recording (strongest first):
+    ``{"reference", "label", "best" (the strongest match), "segments", "seconds"}``."""
+    groups: dict[Any, dict[str, Any]] = {}
+    for m in record.get("matches") or []:
+        ref = m.get("reference") or {}
+        key = ref.get("track_id", ref.get("path"))
+        g = groups.get(key)
+        if g is None:
+            groups[key] = {"reference": ref, "label": _ref_label(ref), "best": m,
+                           "segments": 1, "seconds": _matched_seconds(m)}
+        else:
+            g["segments"] += 1
+            g["seconds"] += _matched_seconds(m)
+            if (m.get("score") or 0) > (g["best"].get("score") or 0):
+                g["best"] = m
+    return sorted(groups.values(), key=lambda g: -(g["best"].get("score") or 0))
+
+
+def summarize(out_dir: str | os.PathLike,
+              records: tuple[list[dict], list[dict]] | None = None) -> ScanSummary:
+    """Totals and per-rights-holder / per-recording counts of a report folder."""
+    results, errors = records if records is not None else load_records(out_dir)
+    s = ScanSummary(out_dir=Path(out_dir))
+    s.files = len(results) + len(errors)
+    s.errors = len(errors)
+    s.audio_seconds = sum(float(r.get("duration") or 0.0) for r in results)
+    per_rec: dict[Any, dict[str, Any]] = {}
+    holder_files: dict[str, set] = {}
+    holder_recs: dict[str, set] = {}
+    holder_secs: dict[str, float] = {}
+    for r in results:
+        groups = group_by_recording(r)
+        if not groups:
+            continue
+        s.flagged += 1
+        for g in groups:
+            ref = g["reference"]
+            key = ref.get("track_id", ref.get("path"))
+            holder = ref.get("rights_holder") or "(unknown)"
+            sig = g["best"].get("significance")
+            e = per_rec.setdefault(key, {
+                "track_id": ref.get("track_id"), "label": g["label"], "title": ref.get("title"),
+                "artist": ref.get("artist"), "isrc": ref.get("isrc"), "rights_holder": holder,
+                "path": ref.get("path"), "files": 0, "seconds": 0.0, "best_significance": 0.0})
+            e["files"] += 1
+            e["seconds"] += g["seconds"]
+            e["best_significance"] = max(e["best_significance"],
+                                         float(sig) if sig is not None else math.inf)
+            holder_files.setdefault(holder, set()).add(r["query"])
+            holder_recs.setdefault(holder, set()).add(key)
+            holder_secs[holder] = holder_secs.get(holder, 0.0) + g["seconds"]
+    s.per_recording = sorted(per_rec.values(), key=lambda e: (-e["files"], -e["seconds"],
+                                                               str(e["label"])))
+    s.per_rights_holder = {h: {"files": len(holder_files[h]), "recordings": len(holder_recs[h]),
+                               "seconds": holder_secs[h]}
+                           for h in sorted(holder_files, key=lambda h: (-len(holder_files[h]), h))}
+    return s
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(v: Any) -> Any:
+    """A CSV cell; untrusted text that a spreadsheet would evaluate is prefixed with '."""
+    if v is None:
+        return ""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
+
+
+SUMMARY_COLUMNS = ["query", "content_hash", "duration", "track_id", "recording", "title",
+                   "artist", "isrc", "rights_holder", "reference_path", "segments",
+                   "matched_seconds", "score", "significance", "query_start", "query_end",
+                   "reference_start", "reference_end", "coverage", "speed", "pitch_semitones"]
+
+
+def write_summary_csv(path: Path, results: list[dict]) -> int:
+    """``summary.csv``: one row per flagged file and matched recording (written atomically).
+    Manifest columns follow ``duration``.  Returns the number of rows."""
+    manifest_cols: list[str] = []
+    for r in results:
+        for k in (r.get("manifest") or {}):
+            if k not in manifest_cols and k not in SUMMARY_COLUMNS:
+                manifest_cols.append(k)
+    header = SUMMARY_COLUMNS[:3] + manifest_cols + SUMMARY_COLUMNS[3:]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([_cell(h) for h in header])
+    n = 0
+    for r in results:
+        for g in group_by_recording(r):
+            ref, best = g["reference"], g["best"]
+            row = {"query": r["query"], "content_hash": r.get("content_hash"),
+                   "duration": r.get("duration"), **(r.get("manifest") or {}),
+                   "track_id": ref.get("track_id"), "recording": g["label"],
+                   "title": ref.get("title"), "artist": ref.get("artist"),
+                   "isrc": ref.get("isrc"), "rights_holder": ref.get("rights_holder"),
+                   "reference_path": ref.get("path"), "segments": g["segments"],
+                   "matched_seconds": round(g["seconds"], 3)}
+            for k in ("score", "significance", "query_start", "query_end", "reference_start",
+                      "reference_end", "coverage", "speed", "pitch_semitones"):
+                row[k] = best.get(k)
+            w.writerow([_cell(row.get(h)) for h in header])
+            n += 1
+    _atomic_write(path, buf.getvalue().encode("utf-8"))
+    return n
+
+
+def write_reports(out_dir: str | os.PathLike, context: dict[str, Any] | None = None) -> ScanSummary:
+    """Regenerate ``summary.csv`` and ``report.html`` from the journals of ``out_dir``."""
+    from earmark.report_html import render_report
+
+    out = Path(out_dir)
+    records = load_records(out)
+    summary = summarize(out, records)
+    write_summary_csv(out / SUMMARY, records[0])
+    html_text = render_report(records[0], records[1], summary, context or {})
+    _atomic_write(out / REPORT, html_text.encode("utf-8"))
+    return summary
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-:--:--"
+    seconds = int(round(max(seconds, 0.0)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@click.command("scan")
+@click.argument("inputs", nargs=-1, type=str)
+@click.option("--out", "out_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder (results.jsonl, errors.jsonl, summary.csv, report.html). "
+                   "Re-using it resumes.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+              show_default=True, help="Worker processes.")
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV with a path column; the other columns are carried to the report.")
+@click.option("--index", "index_path", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Index folder (default: $FP_INDEX, else "
+                                 "~/.local/share/earmark/index).")
+@click.option("--fast", is_flag=True, help="Plain matching: no speed/tempo/pitch search.")
+@click.option("--min-significance", type=click.FloatRange(0, None), default=None,
+              help="Flag matches at least this significant (-log10 chance probability).")
+@click.option("--retry-errors", is_flag=True,
+              help="Analyse again the files listed in errors.jsonl (errors are final otherwise).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance,
+             retry_errors, quiet):
+    """Scan audio against the index into a resumable report folder.
+
+    INPUTS are folders (recursive), files, list files (@list, or a .txt/.lst file of paths,
+    one per line) or - (paths on standard input).  Results are appended to OUT/results.jsonl
+    as each file finishes; bad files go to OUT/errors.jsonl; OUT/summary.csv and
+    OUT/report.html are rebuilt at the end.  Running the same command again resumes.
+
+    Exit status: 0 if any file was flagged, 1 if none was, 2 on error (or if no file could
+    be read).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from earmark.fingerprint.config import MATCH_PRESETS
+
+    if not inputs and manifest is None:
+        raise EarmarkError("nothing to scan: give folders, files, @list files, - (paths on "
+                           "stdin) or --manifest FILE")
+    if manifest is not None and not manifest.is_file():
+        raise EarmarkError(f"{manifest}: manifest not found")
+    mcfg = MATCH_PRESETS["fast" if fast else "default"]
+    if min_significance is not None:
+        mcfg = mcfg.with_(min_significance=min_significance)
+    stderr = Console(stderr=True, highlight=False)
+    bar = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                   console=stderr, transient=True,
+                   disable=quiet or not sys.stderr.isatty())
+    task = bar.add_task("scan", total=None, stats="")
+
+    def on_progress(p: ScanProgress) -> None:
+        bar.update(task, completed=p.done, total=p.total,
+                   stats=f"{p.files_per_second:.2f} files/s  "
+                         f"{p.audio_hours_per_second * 3600:.0f}x real time "
+                         f"({p.audio_hours_per_second:.3f} audio-h/s)  "
+                         f"{p.flagged} flagged  {p.errors} errors  "
+                         f"ETA {_fmt_duration(p.eta_seconds)}")
+
+    index = index_path
+    if index is None:
+        from earmark.index.catalogue import default_index_path
+
+        index = default_index_path()
+    gen = scan(inputs, out_dir, index=index, jobs=jobs, manifest=manifest, mcfg=mcfg,
+               progress=on_progress, retry_errors=retry_errors,
+               stdin=click.get_text_stream("stdin") if "-" in inputs else None)
+    summary = None
+    any_flagged = False
+    n_ok = n = 0
+    try:
+        with bar:
+            while True:
+                try:
+                    r = next(gen)
+                except StopIteration as stop:
+                    summary = stop.value
+                    break
+                n += 1
+                n_ok += r.ok
+                any_flagged |= r.flagged
+                if r.error and r.status != "resumed":
+                    bar.console.print(f"fp: {r.error}", markup=False, highlight=False,
+                                      soft_wrap=True)
+    except KeyboardInterrupt:
+        gen.close()
+        click.echo(f"fp: scan interrupted; results so far are in {out_dir} (report "
+                   f"regenerated); run the same command again to resume", err=True)
+        sys.exit(130)
+    s = summary
+    rate = s.run_scanned + s.run_duplicates
+    took = max(s.run_elapsed, 1e-9)
+    click.echo(f"scanned {rate} file(s) ({s.run_resumed} already done), "
+               f"{s.run_audio_seconds / 3600:.2f} h of audio in {s.run_elapsed:.1f} s "
+               f"({rate / took:.2f} files/s, {s.run_audio_seconds / took:.0f}x real time)")
+    click.echo(f"report {out_dir}: {s.files} file(s), {s.audio_hours:.2f} h, {s.flagged} "
+               f"flagged, {s.errors} error(s) -> {Path(out_dir) / REPORT}")
+    if n == 0:
+        raise EarmarkError("no files to scan (no audio files found)")
+    if n_ok == 0:
+        sys.exit(EXIT_ERROR)
+    sys.exit(EXIT_MATCH if any_flagged else EXIT_NO_MATCH)

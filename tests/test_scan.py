@@ -1,0 +1,434 @@
+"""Tests for earmark.scan (``fp scan``) and earmark.report_html, on seeded synthetic audio.
+
+One small index (four synthetic songs, one with a hostile metadata title) is built per
+module; batches of excerpts, other music, noise, corrupt and empty files are scanned.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from click.testing import CliRunner
+
+from earmark.cli import cli, main
+from earmark.errors import EarmarkError
+from earmark.fingerprint.config import MATCH_PRESETS
+from earmark.index.catalogue import Index
+from earmark.scan import (ERRORS, REPORT, RESULTS, SUMMARY, ScanResult, expand_inputs,
+                          load_records, run_scan, scan)
+from earmark.synth import synth_noise, synth_song
+
+SR = 22050
+SEEDS = (11, 22, 33, 44)
+HOSTILE_TITLE = "<script>x</script>"
+HOSTILE_NAME = "<script>alert(1)</script>.wav"   # a folder "<script>alert(1)<" + "script>.wav"
+# Synthetic songs share instruments; a strict threshold keeps the expected answers exact.
+MCFG = MATCH_PRESETS["default"].with_(min_significance=20.0)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scan")
+    cat = root / "cat"
+    cat.mkdir()
+    songs = []
+    for k, seed in enumerate(SEEDS):
+        songs.append(synth_song(seed=seed, seconds=35.0, sr=SR))
+        sf.write(cat / f"song{k}.wav", songs[-1], SR)
+    meta = root / "meta.csv"
+    with open(meta, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "title", "artist", "isrc", "rights_holder"])
+        w.writerow(["song0.wav", HOSTILE_TITLE, 'Evil "Artist"', "XX-EMK-00-00001", "Label <A>"])
+        w.writerow(["song1.wav", "Second", "Ann", "XX-EMK-00-00002", "Label B"])
+        w.writerow(["song2.wav", "Third", "Bob", "XX-EMK-00-00003", "Label <A>"])
+    with Index.open_writer(root / "idx") as idx:
+        idx.add([cat], metadata_csv=meta)
+    ids = {Path(r.path).name: r.track_id for r in Index.open(root / "idx").tracks()}
+    return {"root": root, "index": root / "idx", "songs": songs, "ids": ids}
+
+
+def _batch(env, folder: Path) -> dict[str, str | None]:
+    """Write the standard batch; returns {absolute path: expected catalogue file or None
+    (no match) or 'error'}."""
+    s = env["songs"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sub").mkdir(exist_ok=True)
+    hostile_dir = folder / "<script>alert(1)<"
+    hostile_dir.mkdir(exist_ok=True)
+    files = {
+        folder / "m0.wav": (s[0][5 * SR:17 * SR], "song0.wav"),
+        folder / "sub" / "m1_fast.wav": (
+            soxr.resample(s[1][8 * SR:22 * SR], SR * 1.1, SR).astype(np.float32), "song1.wav"),
+        hostile_dir / "script>.wav": (s[2][10 * SR:20 * SR], "song2.wav"),
+        folder / "other.wav": (synth_song(seed=999, seconds=12.0, sr=SR), None),
+        folder / "noise.wav": (synth_noise(5, 8.0, SR), None),
+    }
+    for p, (y, _) in files.items():
+        sf.write(p, y, SR)
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 20)
+    (folder / "empty.wav").write_bytes(b"")
+    expected = {str(p): exp for p, (_, exp) in files.items()}
+    expected[str(folder / "corrupt.wav")] = "error"
+    expected[str(folder / "empty.wav")] = "error"
+    return expected
+
+
+def _lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def scanned(env, tmp_path_factory):
+    """The standard batch scanned once with two workers."""
+    base = tmp_path_factory.mktemp("batch")
+    expected = _batch(env, base / "in")
+    out = base / "out"
+    seen = []
+    gen = scan([base / "in"], out, index=env["index"], jobs=2, mcfg=MCFG,
+               progress=seen.append)
+    results = []
+    while True:
+        try:
+            results.append(next(gen))
+        except StopIteration as stop:
+            summary = stop.value
+            break
+    return {"expected": expected, "out": out, "results": results, "summary": summary,
+            "progress": seen, "in": base / "in"}
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def test_batch_flags_right_files_with_right_recordings(env, scanned):
+    expected, results = scanned["expected"], scanned["results"]
+    assert sorted(r.path for r in results) == sorted(expected)
+    assert all(isinstance(r, ScanResult) and r.status == "scanned" for r in results)
+    for r in results:
+        exp = expected[r.path]
+        if exp == "error":
+            assert r.error and not r.flagged
+        elif exp is None:
+            assert r.ok and not r.flagged, r.record["matches"]
+        else:
+            assert r.ok and r.flagged
+            assert {Path(m.reference.path).name for m in r.result.matches} == {exp}
+    fast = next(r for r in results if r.path.endswith("m1_fast.wav"))
+    assert fast.result.matches[0].speed == pytest.approx(1.1, abs=0.01)
+    # Progress: one call per file, ending at total.
+    prog = scanned["progress"]
+    assert [p.done for p in prog] == list(range(1, len(expected) + 1))
+    assert prog[-1].total == len(expected) and prog[-1].flagged == 3 and prog[-1].errors == 2
+    assert prog[-1].files_per_second > 0 and prog[-1].audio_hours_per_second > 0
+
+
+def test_journals_schema_and_errors(env, scanned):
+    out, expected = scanned["out"], scanned["expected"]
+    res, errs = _lines(out / RESULTS), _lines(out / ERRORS)
+    assert sorted(r["query"] for r in res) == sorted(p for p, e in expected.items() if e != "error")
+    assert sorted(r["query"] for r in errs) == sorted(p for p, e in expected.items() if e == "error")
+    for e in errs:
+        assert e["error"] and "\n" not in e["error"] and e["matches"] == []
+    assert any("empty" in e["error"] for e in errs)
+    assert any("corrupt" in e["error"] for e in errs)
+    # Same schema as `fp match --json` (QueryResult.to_dict) plus content_hash and manifest.
+    idx = Index.open(env["index"])
+    for line in res:
+        direct = idx.match_file(line["query"], MCFG).to_dict(with_alignment=True)
+        assert set(line) == set(direct) | {"content_hash", "manifest"}
+        assert {k: line[k] for k in direct} == direct
+        assert re.fullmatch(r"[0-9a-f]{32}", line["content_hash"]) and line["manifest"] == {}
+
+
+def test_summary_counts_and_csv(env, scanned):
+    s = scanned["summary"]
+    assert (s.files, s.flagged, s.errors, s.clean) == (7, 3, 2, 2)
+    assert (s.run_scanned, s.run_resumed, s.run_errors, s.run_flagged) == (7, 0, 2, 3)
+    assert s.audio_seconds == pytest.approx(12 + 14 / 1.1 + 10 + 12 + 8, abs=0.1)
+    assert {h: c["files"] for h, c in s.per_rights_holder.items()} == {"Label <A>": 2, "Label B": 1}
+    assert {e["path"].rsplit("/", 1)[-1]: e["files"] for e in s.per_recording} == {
+        "song0.wav": 1, "song1.wav": 1, "song2.wav": 1}
+    with open(scanned["out"] / SUMMARY, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    got = {r["query"].rsplit("/", 1)[-1]: r["reference_path"].rsplit("/", 1)[-1] for r in rows}
+    assert got == {"m0.wav": "song0.wav", "m1_fast.wav": "song1.wav", "script>.wav": "song2.wav"}
+    row0 = next(r for r in rows if r["query"].endswith("m0.wav"))
+    assert row0["title"] == HOSTILE_TITLE and float(row0["significance"]) >= 20
+    assert int(row0["segments"]) == 1 and float(row0["score"]) > 0
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_html_escapes_hostile_text_and_is_self_contained(env, scanned):
+    page = (scanned["out"] / REPORT).read_text(encoding="utf-8")
+    hostile_path = next(p for p in scanned["expected"] if p.endswith("script>.wav"))
+    assert HOSTILE_NAME in hostile_path                    # the name really is hostile
+    assert "<script>alert(1)" not in page and HOSTILE_TITLE not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.wav" in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "Label &lt;A&gt;" in page and "Evil &quot;Artist&quot;" in page
+    assert page.count("<script") == 1                      # only the page's own sorter
+    assert "Content-Security-Policy" in page
+    # Offline: nothing fetched (the SVG namespace is an identifier, not a request).
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "@import" not in page and "url(" not in page
+    # Evidence: one alignment plot per match, with the fitted line; totals.
+    n_matches = sum(len(r.record["matches"]) for r in scanned["results"])
+    assert page.count('<svg class="plot"') == n_matches == 3
+    assert page.count('stroke="#cf222e"') == 3
+    assert "slope 1.100 = speed" in page or "slope 1.099 = speed" in page or \
+        "slope 1.101 = speed" in page
+    assert 'id="f1"' in page and 'href="#f1"' in page
+    assert "file is empty" in page and "Errors (2)" in page and "Flagged files (3)" in page
+
+
+def test_report_escapes_hostile_manifest_fields(env, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", env["songs"][3][0:8 * SR], SR)
+    man = tmp_path / "jobs.csv"
+    with open(man, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", '"><img src=x onerror=alert(3)>', "user"])
+        w.writerow(["in/a.wav", "<b>bold</b>", "=HYPERLINK(\"http://x\")"])
+    summary = run_scan([], tmp_path / "out", index=env["index"], manifest=man, mcfg=MCFG)
+    assert summary.flagged == 1
+    page = (tmp_path / "out" / REPORT).read_text(encoding="utf-8")
+    assert "<img" not in page and "<b>bold" not in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "&quot;&gt;&lt;img src=x onerror=alert(3)&gt;" in page
+    rows = list(csv.reader(open(tmp_path / "out" / SUMMARY, newline="", encoding="utf-8")))
+    user_col = rows[0].index("user")
+    assert rows[1][user_col] == "'=HYPERLINK(\"http://x\")"   # spreadsheet-safe
+
+
+def test_manifest_columns_carried_through(env, tmp_path):
+    s = env["songs"]
+    (tmp_path / "gen").mkdir()
+    sf.write(tmp_path / "gen" / "x.wav", s[1][3 * SR:13 * SR], SR)
+    sf.write(tmp_path / "gen" / "y.wav", synth_song(seed=77, seconds=8.0, sr=SR), SR)
+    man = tmp_path / "jobs.csv"
+    man.write_text("Path,service,prompt_id,user\n"
+                   "gen/x.wav,suno-like,p-1,alice\n"
+                   f"{tmp_path / 'gen' / 'y.wav'},udio-like,p-2,bob\n"
+                   "gen/missing.wav,other,p-3,carol\n", encoding="utf-8")
+    out = tmp_path / "out"
+    results = {Path(r.path).name: r for r in scan(None, out, index=env["index"], manifest=man,
+                                                   mcfg=MCFG)}
+    assert results["x.wav"].columns == {"service": "suno-like", "prompt_id": "p-1", "user": "alice"}
+    assert results["x.wav"].flagged and not results["y.wav"].flagged
+    assert results["y.wav"].columns["user"] == "bob"
+    assert "not found" in results["missing.wav"].error
+    assert results["missing.wav"].columns["prompt_id"] == "p-3"
+    res = {Path(r["query"]).name: r for r in _lines(out / RESULTS)}
+    assert res["x.wav"]["manifest"]["service"] == "suno-like"
+    assert _lines(out / ERRORS)[0]["manifest"]["user"] == "carol"
+    rows = list(csv.DictReader(open(out / SUMMARY, newline="", encoding="utf-8")))
+    assert [(r["service"], r["prompt_id"], r["user"]) for r in rows] == [("suno-like", "p-1", "alice")]
+    assert "suno-like" in (out / REPORT).read_text(encoding="utf-8")
+
+
+def test_manifest_without_path_column_is_an_error(env, tmp_path):
+    man = tmp_path / "bad.csv"
+    man.write_text("file,user\na.wav,x\n", encoding="utf-8")
+    with pytest.raises(EarmarkError, match="no 'path' column"):
+        run_scan(None, tmp_path / "out", index=env["index"], manifest=man)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_rerun_resumes_copies_duplicates_and_keeps_errors_final(env, scanned, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(scanned["out"], out)
+    before = (out / RESULTS).read_bytes(), (out / ERRORS).read_bytes()
+    src = scanned["in"]
+    results = list(scan([src], out, index=env["index"], mcfg=MCFG, jobs=1))
+    assert {r.status for r in results} == {"resumed"}
+    assert ((out / RESULTS).read_bytes(), (out / ERRORS).read_bytes()) == before
+    assert [r.flagged for r in sorted(results, key=lambda r: r.path)] == \
+        [r.flagged for r in sorted(scanned["results"], key=lambda r: r.path)]
+
+    # Same content under a new name: evidence copied, not analysed again.
+    dup = tmp_path / "dup_of_m0.wav"
+    shutil.copy(src / "m0.wav", dup)
+    [r] = list(scan([dup], out, index=env["index"], mcfg=MCFG))
+    assert r.status == "duplicate" and r.flagged
+    orig = next(x for x in _lines(out / RESULTS) if x["query"].endswith("/m0.wav"))
+    assert r.record["matches"] == orig["matches"] and r.record["query"] == str(dup)
+
+
+
+def test_errors_are_final_unless_retried_and_changed_files_rescanned(env, scanned, tmp_path,
+                                                                     monkeypatch):
+    import shutil
+
+    src = tmp_path / "in"
+    shutil.copytree(scanned["in"], src)
+    out = tmp_path / "out"
+    real_match = Index.match_file
+
+    def flaky(self, path, mcfg=None):
+        if str(path).endswith("m0.wav"):
+            raise EarmarkError(f"{path}: transient failure")
+        return real_match(self, path, mcfg)
+
+    monkeypatch.setattr(Index, "match_file", flaky)
+    s1 = run_scan([src], out, index=env["index"], mcfg=MCFG, jobs=1)
+    assert (s1.errors, s1.flagged) == (3, 2)
+    monkeypatch.setattr(Index, "match_file", real_match)
+    # Unchanged errored files are final: not analysed again, no line written twice.
+    s2 = run_scan([src], out, index=env["index"], mcfg=MCFG, jobs=1)
+    assert (s2.run_resumed, s2.errors, s2.flagged) == (7, 3, 2)
+    assert len(_lines(out / ERRORS)) == 3
+    # A changed file (same path, new content) is a new file: analysed.
+    sf.write(src / "empty.wav", env["songs"][3][1 * SR:9 * SR], SR)
+    s3 = run_scan([src], out, index=env["index"], mcfg=MCFG, jobs=1)
+    assert (s3.run_scanned, s3.run_resumed, s3.errors, s3.flagged) == (1, 6, 2, 3)
+    # --retry-errors: the errored inputs are analysed again, their old lines dropped.
+    s4 = run_scan([src], out, index=env["index"], mcfg=MCFG, jobs=1, retry_errors=True)
+    assert (s4.run_scanned, s4.errors, s4.flagged, s4.files) == (2, 1, 4, 7)
+    errs = _lines(out / ERRORS)
+    assert [Path(e["query"]).name for e in errs] == ["corrupt.wav"]
+    page = (out / REPORT).read_text(encoding="utf-8")
+    assert "transient failure" not in page and "Errors (1)" in page
+
+
+def test_torn_last_line_is_truncated_and_locked_folder_refused(env, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        sf.write(src / f"q{k}.wav", env["songs"][k][2 * SR:9 * SR], SR)
+    out = tmp_path / "out"
+    run_scan([src / "q0.wav"], out, index=env["index"], mcfg=MCFG)
+    with open(out / RESULTS, "ab") as f:  # what a kill in the middle of a write leaves
+        f.write(b'{"query": "' + str(src / "q1.wav").encode() + b'", "durat')
+    s = run_scan([src], out, index=env["index"], mcfg=MCFG)
+    lines = _lines(out / RESULTS)   # every line parses
+    assert sorted(Path(x["query"]).name for x in lines) == ["q0.wav", "q1.wav", "q2.wav"]
+    assert s.run_resumed == 1 and s.run_scanned == 2 and s.flagged == 3
+    fd = os.open(out / ".scan.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(EarmarkError, match="another scan"):
+            run_scan([src], out, index=env["index"], mcfg=MCFG)
+    finally:
+        os.close(fd)
+
+
+def test_kill_9_mid_run_then_resume_no_duplicate_no_missing(env, tmp_path):
+    rng = np.random.default_rng(20240601)
+    src = tmp_path / "batch"
+    src.mkdir()
+    s = env["songs"]
+    n = 36
+    for k in range(n):
+        y = s[k % 4][(k // 4) * SR:(k // 4 + 7) * SR] if k % 3 else synth_song(1000 + k, 7.0, SR)
+        sf.write(src / f"f{k:03d}.wav", y, SR)
+    (src / "f900_bad.wav").write_bytes(b"not audio at all" * 10)
+    n += 1
+    out = tmp_path / "out"
+    kill_after = int(rng.integers(3, 15))
+    proc = subprocess.Popen([sys.executable, "-m", "earmark.cli", "scan", str(src), "--out",
+                             str(out), "--index", str(env["index"]), "-j", "2", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        n_lines = (out / RESULTS).read_bytes().count(b"\n") if (out / RESULTS).exists() else 0
+        if n_lines >= kill_after:
+            time.sleep(float(rng.uniform(0, 0.3)))
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=30)
+    assert killed, proc.stderr.read().decode()
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(0.3)  # orphaned workers must not write anything
+    size = (out / RESULTS).stat().st_size
+    time.sleep(0.3)
+    assert (out / RESULTS).stat().st_size == size
+    done_before = len((out / RESULTS).read_bytes().split(b"\n")) - 1
+    assert 0 < done_before < n
+    summary = run_scan([src], out, index=env["index"], jobs=2, mcfg=MCFG)
+    res, errs = _lines(out / RESULTS), _lines(out / ERRORS)
+    queries = [x["query"] for x in res + errs]
+    assert len(queries) == len(set(queries)) == n
+    assert set(queries) == {str(p) for p in src.iterdir()}
+    assert summary.files == n and summary.errors == 1
+    assert summary.run_resumed + summary.run_scanned == n and summary.run_resumed >= done_before
+    page = (out / REPORT).read_text(encoding="utf-8")
+    assert f"<b>{n}</b><span>files scanned" in page
+
+
+# --------------------------------------------------------------------------- inputs / CLI
+
+
+def test_list_file_stdin_and_folder_inputs(env, scanned, tmp_path):
+    src = scanned["in"]
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{src / 'm0.wav'}\n\n{os.path.relpath(src / 'other.wav', tmp_path)}\n",
+                   encoding="utf-8")
+    import io
+
+    items = expand_inputs([f"@{lst}", str(lst), "-", str(src / "sub")],
+                          stdin=io.StringIO(f"{src / 'noise.wav'}\n{src / 'm0.wav'}\n"))
+    assert [Path(i.path).name for i in items] == ["m0.wav", "other.wav", "noise.wav",
+                                                  "m1_fast.wav"]
+    runner = CliRunner()
+    out = tmp_path / "out"
+    r = runner.invoke(cli, ["scan", "-", "--out", str(out), "--index", str(env["index"]),
+                            "-j", "1", "--min-significance", "20"],
+                      input=f"{src / 'm0.wav'}\n{src / 'noise.wav'}\n")
+    assert r.exit_code == 0, r.output
+    assert "2 file(s)" in r.output and "1 flagged" in r.output
+    assert sorted(Path(x["query"]).name for x in _lines(out / RESULTS)) == ["m0.wav", "noise.wav"]
+    r = runner.invoke(cli, ["scan", f"@{lst}", "--out", str(out), "--index", str(env["index"])])
+    assert r.exit_code == 0 and "(1 already done)" in r.output
+
+
+def test_cli_exit_codes(env, scanned, tmp_path):
+    src = scanned["in"]
+    runner = CliRunner()
+    args = ["--index", str(env["index"]), "-j", "1", "--fast", "-q"]
+    r = runner.invoke(cli, ["scan", str(src / "other.wav"), str(src / "noise.wav"),
+                            "--out", str(tmp_path / "o1"), *args])
+    assert r.exit_code == 1, r.output            # nothing flagged
+    r = runner.invoke(cli, ["scan", str(src / "corrupt.wav"), "--out", str(tmp_path / "o2"), *args])
+    assert r.exit_code == 2, r.output            # no file could be read
+    assert "corrupt" in r.output
+    r = runner.invoke(cli, ["scan", str(src / "m0.wav"), str(src / "corrupt.wav"),
+                            "--out", str(tmp_path / "o3"), *args])
+    assert r.exit_code == 0, r.output            # flagged (a bad file does not stop it)
+    for argv in (["scan", str(src), "--out", str(tmp_path / "o4"), "--index", str(tmp_path / "none")],
+                 ["scan", "--out", str(tmp_path / "o5"), "--index", str(env["index"])],
+                 ["scan", f"@{tmp_path / 'nolist.txt'}", "--out", str(tmp_path / "o6"),
+                  "--index", str(env["index"])]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+
+
+def test_load_records_newest_per_path(env, scanned):
+    res, errs = load_records(scanned["out"])
+    assert len(res) == 5 and len(errs) == 2
