@@ -1,0 +1,214 @@
+"""Tests of the benchmark's own logic: the scorer on hand-made results with known answers,
+the summaries, the report writers, a ``quick`` run on a tiny synthetic catalogue, and the
+synthetic scale index."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from earmark.bench import report, runner, scale
+from earmark.bench.runner import QuerySpec, score_peer_match, score_result, summarise
+from earmark.evidence import Match, QueryResult, Reference
+from earmark.synth import synth_song
+
+CAT = "/cat/a.wav"
+OTHER = "/cat/b.wav"
+
+
+def _match(path: str, ref_start: float, q_start: float = 0.0, speed: float = 1.0,
+           pitch: float = 0.0, score: int = 50, sig: float = 40.0) -> Match:
+    return Match(reference=Reference(track_id=1, path=path), score=score, significance=sig,
+                 query_start=q_start, query_end=q_start + 5.0, reference_start=ref_start,
+                 reference_end=ref_start + 5.0 * speed, coverage=0.5, speed=speed,
+                 pitch_semitones=pitch)
+
+
+def _spec(qid: str, kind: str = "positive", transform: str = "clean_10s", offset: float = 30.0,
+          speed: float = 1.0, pitch: float = 0.0, embed: float = 0.0, embeds: bool = False,
+          family: str = "clean") -> QuerySpec:
+    return QuerySpec(qid=qid, kind=kind, transform=transform, family=family,
+                     source=CAT if kind != "negative" else "/neg/x.wav", offset=offset,
+                     excerpt_seconds=10.0, seed=0, reference=CAT if kind != "negative" else None,
+                     speed=speed, pitch=pitch, embed_offset=embed, embeds=embeds, duration=10.0)
+
+
+def _res(qid: str, *matches: Match, elapsed: float = 0.01) -> QueryResult:
+    return QueryResult(query=qid, duration=10.0, matches=tuple(matches), elapsed=elapsed)
+
+
+def test_scorer_known_answers():
+    cases = [
+        # exact hit at the right offset (query starts 2 s in: ref 32 s at query 2 s)
+        (_spec("a"), _res("a", _match(CAT, 32.0, q_start=2.0))),
+        # hit, offset 0.5 s off
+        (_spec("b"), _res("b", _match(CAT, 30.5))),
+        # wrong track on top, right one second
+        (_spec("c"), _res("c", _match(OTHER, 10.0), _match(CAT, 30.0))),
+        # nothing found
+        (_spec("d"), _res("d")),
+    ]
+    recs = [score_result(s, r) for s, r in cases]
+    assert [r["hit"] for r in recs] == [True, True, False, False]
+    assert [r["wrong"] for r in recs] == [False, False, True, False]
+    assert recs[0]["offset_ok"] is True and abs(recs[0]["offset_err"]) < 1e-9
+    assert recs[1]["offset_ok"] is False and recs[1]["offset_err"] == pytest.approx(0.5)
+    row = summarise(recs)["accuracy"]["earmark"]["clean_10s"]
+    assert row["n"] == 4 and row["hits"] == 2
+    assert row["hit_at_1"] == pytest.approx(0.5)
+    assert row["offset_ok"] == pytest.approx(0.5)
+    assert row["wrong"] == 1
+
+
+def test_scorer_speed_pitch_embed_and_negatives():
+    # speed 1.25: the excerpt starts at 40 s of the reference; the aligned segment starts 1 s
+    # into the query, i.e. 1.25 s later in the reference.
+    s1 = _spec("s", transform="speed_1.25", family="speed", offset=40.0, speed=1.25,
+               pitch=12 * math.log2(1.25))
+    r1 = score_result(s1, _res("s", _match(CAT, 41.25, q_start=1.0, speed=1.26, pitch=3.7)))
+    assert r1["hit"] and r1["offset_ok"]
+    assert r1["speed_err"] == pytest.approx(0.008)
+    assert r1["pitch_err"] == pytest.approx(abs(3.7 - 12 * math.log2(1.25)))
+    # embed: excerpt at 12 s of a 30 s query, from 50 s of the reference
+    s2 = _spec("e", transform="embed_5s_in_30s", family="embed", offset=50.0, embed=12.0,
+               embeds=True)
+    good = score_result(s2, _res("e", _match(CAT, 50.3, q_start=12.3)))
+    late = score_result(s2, _res("e", _match(CAT, 51.0, q_start=13.0)))
+    assert good["offset_ok"] and good["located_ok"]
+    assert late["offset_ok"] and late["located_ok"] is False
+    # negatives: any match is a false positive
+    n1 = score_result(_spec("n1", kind="negative", family="music"), _res("n1"))
+    n2 = score_result(_spec("n2", kind="negative", family="music"), _res("n2", _match(OTHER, 3.0, sig=12.0)))
+    n3 = score_result(_spec("n3", kind="negative", family="silence"),
+                      QueryResult(query="n3", duration=10.0, error="silent"))
+    summ = summarise([r1, good, late, n1, n2, n3])
+    neg = summ["negatives"]["earmark"]
+    assert neg["n"] == 3 and neg["false_positives"] == 1
+    assert neg["fp_rate"] == pytest.approx(1 / 3)
+    assert neg["by_family"]["music"] == {"n": 2, "false_positives": 1}
+    assert neg["max_fp_significance"] == pytest.approx(12.0)
+    emb = summ["accuracy"]["earmark"]["embed_5s_in_30s"]
+    assert emb["hit_at_1"] == 1.0 and emb["located_ok"] == pytest.approx(0.5)
+    assert summ["accuracy"]["earmark"]["speed_1.25"]["speed_within_1pct"] == 1.0
+
+
+def test_repeat_aware_offset(tmp_path):
+    """A looped reference: an answer at the other copy of the section is accepted, but only
+    where the audio really repeats."""
+    sr = 8000
+    part = synth_song(5, seconds=12.0, sr=sr)
+    other = synth_song(6, seconds=12.0, sr=sr)
+    y = np.concatenate([part, other, part]).astype(np.float32)
+    path = tmp_path / "loop.wav"
+    sf.write(path, y, sr)
+    assert runner.repeated_section(str(path), 1.0, 25.0, 8.0)        # 1 s into copy 1 == 25 s
+    assert runner.repeated_section(str(path), 1.0, 25.06, 8.0)       # within 0.1 s
+    assert not runner.repeated_section(str(path), 1.0, 13.0, 8.0)    # different music
+    spec = QuerySpec(qid="l", kind="positive", transform="clean_10s", family="clean",
+                     source=str(path), reference=str(path), offset=1.0, excerpt_seconds=8.0,
+                     seed=0, duration=8.0)
+    rec = score_result(spec, _res("l", Match(Reference(1, str(path)), 40, 30.0, 0.0, 8.0, 25.0,
+                                             33.0, 1.0)), alias_check=runner.repeated_section)
+    assert rec["hit"] and rec["offset_ok"] and rec["offset_repeat"] and not rec["offset_exact"]
+
+
+def test_peer_scoring():
+    from earmark.bench.peers import PeerMatch
+
+    s = _spec("p", offset=20.0)
+    assert score_peer_match(s, PeerMatch("p", CAT, 20.05, 30.0), "peer")["offset_ok"]
+    assert not score_peer_match(s, PeerMatch("p", CAT, 25.0, 30.0), "peer")["offset_ok"]
+    assert score_peer_match(s, PeerMatch("p", OTHER, 20.0, 30.0), "peer")["wrong"]
+    n = _spec("n", kind="negative")
+    assert score_peer_match(n, PeerMatch("n", None, None, 0.0), "peer")["false_positive"] is False
+    assert score_peer_match(n, PeerMatch("n", OTHER, 1.0, 9.0), "peer")["false_positive"] is True
+
+
+def test_targets_and_compare():
+    doc = {"accuracy": {"earmark": {"clean_5s": {"n": 60, "hits": 60, "hit_at_1": 1.0, "offset_ok": 1.0},
+                                    "mix_0db": {"n": 60, "hits": 50, "hit_at_1": 50 / 60, "offset_ok": 0.9}}},
+           "negatives": {"earmark": {"n": 220, "false_positives": 0}},
+           "index": {"bytes_per_audio_second": 140.0}}
+    t = {x["target"]: x for x in report.evaluate_targets(doc)}
+    assert t["hit@1 clean_5s"]["pass"] is True
+    assert t["hit@1 mix_0db"]["pass"] is False
+    assert t["false positives on 220 negatives"]["pass"] is True
+    assert t["index bytes per audio second"]["pass"] is True
+    v = t["reference offset within 0.1 s (hits of engine rows)"]["value"]
+    assert v == pytest.approx((60 * 1.0 + 50 * 0.9) / 110)
+    after = json.loads(json.dumps(doc))
+    after["accuracy"]["earmark"]["mix_0db"]["hit_at_1"] = 0.95
+    c = report.compare_results(doc, after)
+    row = [r for r in c["transforms"] if r["transform"] == "mix_0db" and r["system"] == "earmark"][0]
+    assert row["delta"] == pytest.approx(0.95 - 50 / 60)
+    assert "mix_0db" in report.render_markdown(dict(after, compare=c))
+
+
+def test_quick_run_on_synthetic_catalogue(tmp_path):
+    cat = tmp_path / "cat"
+    neg = tmp_path / "neg"
+    cat.mkdir()
+    neg.mkdir()
+    for i in range(6):
+        sf.write(cat / f"song{i}.wav", synth_song(100 + i, seconds=20.0 + 2 * i, sr=22050), 22050)
+    for i in range(3):
+        sf.write(neg / f"other{i}.wav", synth_song(900 + i, seconds=24.0, sr=22050), 22050)
+    out = tmp_path / "out"
+    doc = runner.run_bench(cat, neg, out, quick=True, seed=3,
+                           transforms=["clean_10s", "speed_1.1", "embed_5s_in_30s"], n_queries=3,
+                           jobs=2, progress=False, n_negatives=8, cli_queries=1)
+    for name in ("results.json", "results.md", "queries.jsonl", "hit_at_1.png", "scores.png",
+                 "latency.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    loaded = json.loads((out / "results.json").read_text())
+    for key in ("schema_version", "machine", "corpus", "indexing", "index", "queries", "accuracy",
+                "negatives", "latency", "scores", "self_query", "cli", "memory", "targets",
+                "timings", "systems"):
+        assert key in loaded, key
+    assert loaded["schema_version"] == report.SCHEMA_VERSION == runner.SCHEMA_VERSION
+    assert loaded["queries"]["n_positive"] == 9 and loaded["queries"]["n_negative"] == 8
+    acc = loaded["accuracy"]["earmark"]
+    assert set(acc) == {"clean_10s", "speed_1.1", "embed_5s_in_30s"}
+    assert acc["clean_10s"]["hit_at_1"] == 1.0 and acc["clean_10s"]["offset_ok"] == 1.0
+    assert acc["speed_1.1"]["hit_at_1"] >= 2 / 3
+    assert loaded["self_query"]["windows"]["earmark"]["hit_at_1"] == 1.0
+    assert loaded["indexing"]["runs"][0]["jobs"] == 1 and loaded["indexing"]["runs"][1]["jobs"] == 2
+    assert loaded["indexing"]["runs"][0]["landmarks"] == loaded["indexing"]["runs"][1]["landmarks"]
+    assert loaded["indexing"]["decode_only"]["x_realtime"] > 0
+    assert set(loaded["indexing"]["stages"]["seconds"]) == {"decode", "resample", "spectrogram",
+                                                              "peaks", "hashing", "store"}
+    assert loaded["index"]["bytes_per_audio_second"] > 0
+    assert "Accuracy per transform" in (out / "results.md").read_text()
+    n_lines = sum(1 for _ in open(out / "queries.jsonl"))
+    assert n_lines == 2 * (9 + 8 + 6)    # two systems x (positives + negatives + self windows)
+    # The same seed plans the same queries (offsets recorded in queries.jsonl).
+    from earmark.bench.transforms import get_transforms
+    from earmark.index.catalogue import find_audio_files
+
+    recs = {r["qid"]: r for r in map(json.loads, open(out / "queries.jsonl"))
+            if r["system"] == "earmark"}
+    files, _ = find_audio_files([cat])
+    again = runner.plan_queries(runner._durations(files), [], get_transforms(["clean_10s"]), 3, 0, 0,
+                                seed=3)
+    for s in again:
+        assert recs[s.qid]["true_offset"] == pytest.approx(s.offset)
+        assert recs[s.qid]["reference"] == s.reference
+    first = sf.read(out / "queries" / "clean_10s-000.wav")[0]
+    assert first.shape[0] == 22050 * 10
+
+
+def test_scale_synthetic_index(tmp_path):
+    """The synthetic scale index opens, matches real queries of its seed tracks and reports
+    the expected sizes."""
+    doc = scale.run_scale(tmp_path / "scale", tracks=400, steps=(100, 400), seed=1,
+                          track_seconds=30.0, n_real_tracks=4, n_queries=4, n_negatives=4,
+                          progress=False)
+    assert [s["tracks"] for s in doc["steps"]] == [100, 400]
+    assert doc["steps"][1]["postings"] > doc["steps"][0]["postings"]
+    assert doc["steps"][-1]["hit_at_1_default"] == 1.0
+    assert (tmp_path / "scale" / "scale.json").is_file()
+    assert (tmp_path / "scale" / "scale.png").is_file()
