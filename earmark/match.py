@@ -46,7 +46,9 @@ hypotheses, the probability that *any* reaches ``score`` is bounded by
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,7 +123,7 @@ def _table_get(keys: np.ndarray, counts: np.ndarray, key: int) -> int:
         h = (h + 1) & mask
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _vote_one(s, p, q_time, q_f1, q_df, q_dt, bucket_start, key_lo, postings, slot_track,
               slot_frame0, slot_live, offset_bin_frames, probe_margin, keys, counts, touched):
     """Votes of one hypothesis into the (empty) table.  Returns ``(n_touched, visits)``,
@@ -170,7 +172,7 @@ def _vote_one(s, p, q_time, q_f1, q_df, q_dt, bucket_start, key_lo, postings, sl
     return n_touched, visits
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def vote_hypotheses(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch,
                     bucket_start, key_lo, postings, slot_track, slot_frame0, slot_live,
                     offset_bin_frames, probe_margin, min_score):
@@ -464,18 +466,31 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     hyp_s, hyp_p = hypothesis_grid(mcfg)
     n_h = hyp_s.shape[0]
     W = mcfg.offset_bin_frames
-    cand_parts = []
-    visits_by_seg = []
-    for si, seg in enumerate(segments):
+    # Hypotheses are independent: split them over threads (the kernel releases the GIL).
+    n_threads = max(1, min(mcfg.threads or (os.cpu_count() or 1), n_h))
+    slices = [np.arange(k, n_h, n_threads) for k in range(n_threads)]
+    jobs = [(si, hs) for si in range(len(segments)) for hs in slices]
+
+    def run(job):
+        si, hs = job
         ch, ct, cb, cs, visits = vote_hypotheses(
-            query.time, query.f1, query.df, query.dt, hyp_s, hyp_p, *seg.arrays(),
-            float(W), mcfg.probe_margin, mcfg.min_score)
-        visits_by_seg.append(visits)
-        cand_parts.append(np.stack([cs, ch, ct, cb, np.full_like(cs, si)], axis=1))
+            query.time, query.f1, query.df, query.dt, hyp_s[hs], hyp_p[hs],
+            *segments[si].arrays(), float(W), mcfg.probe_margin, mcfg.min_score)
+        return si, hs, ch, ct, cb, cs, visits
+
+    if len(jobs) > 1 and n_threads > 1:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            outputs = list(pool.map(run, jobs))
+    else:
+        outputs = [run(j) for j in jobs]
+    cand_parts = []
+    visits_total = np.zeros(n_h, dtype=np.int64)
+    for si, hs, ch, ct, cb, cs, visits in outputs:
+        visits_total[hs] += visits
+        cand_parts.append(np.stack([cs, hs[ch], ct, cb, np.full_like(cs, si)], axis=1))
     cands = np.concatenate(cand_parts) if cand_parts else np.zeros((0, 5), np.int64)
     if cands.shape[0] == 0:
         return []
-    visits_total = np.sum(visits_by_seg, axis=0)
     # Strongest first; ties broken deterministically (hypothesis, track, offset).
     order = np.lexsort((cands[:, 3], cands[:, 2], cands[:, 1], -cands[:, 0]))
     max_refine = 4 * mcfg.max_matches + 8

@@ -151,6 +151,9 @@ class MatchConfig:
     max_gap_seconds : float
         Evidence is the densest run of aligned landmarks with no gap longer than this;
         a match's segment is that run.
+    threads : int
+        Threads for the hypothesis search of one query (0 = one per core).  Batch
+        scans with one worker process per core use 1.
     """
 
     min_speed: float = 0.65
@@ -168,6 +171,7 @@ class MatchConfig:
     max_matches: int = 10
     inlier_seconds: float = 0.048
     max_gap_seconds: float = 2.5
+    threads: int = 0
 
     def with_(self, **changes) -> "MatchConfig":
         return replace(self, **changes)
