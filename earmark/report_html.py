@@ -51,6 +51,13 @@ def _t(seconds: Any) -> str:
     return f"{int(m)}:{r:04.1f}"
 
 
+def _pct(v: Any) -> str:
+    if v is None:
+        return "–"
+    x = float(v)
+    return f"{x:.0%}" if x >= 0.1 else f"{x:.1%}"
+
+
 def _sortval(v: Any) -> str:
     if v is None:
         return ""
@@ -137,16 +144,17 @@ def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) ->
                f'fill="#24292f">query time (m:s)</text>'
                f'<text transform="translate(13 {mt + ph / 2:.0f}) rotate(-90)" font-size="11" '
                f'text-anchor="middle" fill="#24292f">reference time (m:s)</text>')
-    out.append(f'<line x1="{X(line[0][0]):.1f}" y1="{Y(line[0][1]):.1f}" x2="{X(line[1][0]):.1f}" '
-               f'y2="{Y(line[1][1]):.1f}" stroke="#cf222e" stroke-width="1.3" stroke-opacity="0.9"/>')
     if pts:
         step = max(1, len(pts) // 300)
+        width = 5.0 if len(pts) < 80 else 3.5 if len(pts) < 250 else 2.6
         d = "".join(f"M{X(q):.1f} {Y(r):.1f}h0" for q, r in pts[::step])
-        out.append(f'<path d="{d}" stroke="#1f6feb" stroke-opacity="0.6" stroke-width="5" '
+        out.append(f'<path d="{d}" stroke="#1f6feb" stroke-opacity="0.6" stroke-width="{width}" '
                    f'stroke-linecap="round" fill="none"/>')
+    out.append(f'<line x1="{X(line[0][0]):.1f}" y1="{Y(line[0][1]):.1f}" x2="{X(line[1][0]):.1f}" '
+               f'y2="{Y(line[1][1]):.1f}" stroke="#cf222e" stroke-width="1.4" stroke-dasharray="6 3"/>')
     out.append(f'<text x="{ml + 6}" y="{mt - 9}" font-size="11" fill="#24292f">'
                f'<tspan fill="#1f6feb">●</tspan> {len(pts)} matched landmarks   '
-               f'<tspan fill="#cf222e">—</tspan> fit: slope {speed:.3f} = speed</text>')
+               f'<tspan fill="#cf222e">- -</tspan> fit: slope {speed:.3f} = speed</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -166,8 +174,8 @@ border-bottom:1px solid var(--line);padding-bottom:4px}h3{font-size:15px;margin:
 .card{border:1px solid var(--line);border-radius:8px;padding:10px 16px;min-width:130px;background:var(--bg)}
 .card b{display:block;font-size:24px}.card span{color:var(--muted);font-size:12px}
 .card.flag b{color:var(--bad)}
-.grid{display:flex;flex-wrap:wrap;gap:0 32px}.grid>section{flex:1 1 380px;min-width:0}
-.grid>section.wide{flex:2 1 560px}
+.grid{display:flex;flex-wrap:wrap;gap:0 32px}.grid>section{flex:1 1 420px;min-width:0}
+.grid>section.wide{flex:2 1 640px}.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{border-bottom:1px solid var(--line);padding:5px 8px;text-align:left;vertical-align:top}
 th{background:var(--bg);position:sticky;top:0;white-space:nowrap}
@@ -225,7 +233,7 @@ def _facts(m: dict[str, Any], group: dict[str, Any]) -> str:
         ("ISRC", esc(ref.get("isrc") or "–")),
         ("catalogue file", f'<span class="small">{esc(ref.get("path"))}</span>'),
         ("query segment", f"{_t(m.get('query_start'))} – {_t(m.get('query_end'))} "
-                          f"({_num(m.get('coverage'), '{:.0%}')} of the file)"),
+                          f"({_pct(m.get('coverage'))} of the file)"),
         ("reference segment", f"{_t(m.get('reference_start'))} – {_t(m.get('reference_end'))}"
                               + (f" of {_t(ref.get('duration'))}" if ref.get("duration") else "")),
         ("score", f"{esc(m.get('score'))} aligned landmarks"),
@@ -284,7 +292,7 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
                                                             "search_pitch"))
         mode = (f" · matching: {'speed/tempo/pitch search' if searching else 'plain (--fast)'}, "
                 f"min significance {getattr(mcfg, 'min_significance', 0):g}")
-    add(f'<div class="meta">report folder {esc(summary.out_dir)} · index '
+    add(f'<div class="meta">report folder {esc(os.path.abspath(summary.out_dir))} · index '
         f'{esc(context.get("index", "?"))}{esc(mode)} · generated '
         f'{esc(time.strftime("%Y-%m-%d %H:%M:%S %Z"))} by Earmark {esc(__version__)}</div>')
 
@@ -300,27 +308,27 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
     # Per rights holder / per recording.
     add('<div class="grid"><section><h2>By rights holder</h2>')
     if summary.per_rights_holder:
-        add('<table class="sortable"><thead><tr><th>rights holder</th><th class="n">flagged files</th>'
-            '<th class="n">recordings</th><th class="n">matched min</th></tr></thead><tbody>')
+        add('<div class="scroll"><table class="sortable"><thead><tr><th>rights holder</th><th class="n">flagged files</th>'
+            '<th class="n">recordings</th><th class="n">matched</th></tr></thead><tbody>')
         for h, c in summary.per_rights_holder.items():
             add(f"<tr><td>{esc(h)}</td><td class=\"n\">{c['files']}</td>"
                 f"<td class=\"n\">{c['recordings']}</td>"
-                f"<td class=\"n\" data-v=\"{_sortval(c['seconds'])}\">{c['seconds'] / 60:.1f}</td></tr>")
-        add("</tbody></table>")
+                f"<td class=\"n\" data-v=\"{_sortval(c['seconds'])}\">{_t(c['seconds'])}</td></tr>")
+        add("</tbody></table></div>")
     else:
         add('<p class="empty">No catalogue recording found.</p>')
     add('</section><section class="wide"><h2>By catalogue recording</h2>')
     if summary.per_recording:
-        add('<table class="sortable"><thead><tr><th>recording</th><th>ISRC</th><th>rights holder</th>'
-            '<th class="n">flagged files</th><th class="n">matched min</th>'
+        add('<div class="scroll"><table class="sortable"><thead><tr><th>recording</th><th>ISRC</th><th>rights holder</th>'
+            '<th class="n">flagged files</th><th class="n">matched</th>'
             '<th class="n">best significance</th></tr></thead><tbody>')
         for e in summary.per_recording:
             add(f"<tr><td title=\"{esc(e['path'])}\">{esc(e['label'])}</td><td>{esc(e['isrc'] or '–')}</td>"
                 f"<td>{esc(e['rights_holder'])}</td><td class=\"n\">{e['files']}</td>"
-                f"<td class=\"n\" data-v=\"{_sortval(e['seconds'])}\">{e['seconds'] / 60:.1f}</td>"
+                f"<td class=\"n\" data-v=\"{_sortval(e['seconds'])}\">{_t(e['seconds'])}</td>"
                 f"<td class=\"n\" data-v=\"{_sortval(e['best_significance'])}\">"
                 f"{_num(e['best_significance'])}</td></tr>")
-        add("</tbody></table>")
+        add("</tbody></table></div>")
     else:
         add('<p class="empty">No catalogue recording found.</p>')
     add("</section></div>")
@@ -334,7 +342,7 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
                 if k not in cols and len(cols) < MAX_TABLE_COLUMNS:
                     cols.append(k)
         add('<p class="small">Click a column to sort; click a file for its evidence.</p>')
-        add('<table class="sortable"><thead><tr><th class="n">#</th><th>file</th>'
+        add('<div class="scroll"><table class="sortable"><thead><tr><th class="n">#</th><th>file</th>'
             + "".join(f"<th>{esc(c)}</th>" for c in cols)
             + '<th class="n">duration</th><th>recordings</th><th>rights holders</th>'
               '<th class="n">best score</th><th class="n">best significance</th>'
@@ -353,7 +361,7 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
                   f'<td class="n" data-v="{_sortval(best)}">{_num(best)}</td>'
                   f'<td class="n">{sum(g["seconds"] for g in groups):.1f}</td>'
                   f'<td class="n">{_num(top["best"].get("speed"), "{:.3f}")}</td></tr>')
-        add("</tbody></table>")
+        add("</tbody></table></div>")
     else:
         add('<p class="empty">No file uses a catalogue recording.</p>')
 
@@ -386,11 +394,11 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
     if errors:
         add('<p class="small">These files could not be analysed; they are not flagged and '
             "not cleared.  Re-run with <code>--retry-errors</code> to try them again.</p>")
-        add('<table class="sortable errors"><thead><tr><th>file</th><th>reason</th></tr></thead><tbody>')
+        add('<div class="scroll"><table class="sortable errors"><thead><tr><th>file</th><th>reason</th></tr></thead><tbody>')
         for e in errors:
             add(f'<tr><td title="{esc(e["query"])}">{esc(e["query"])}</td>'
                 f'<td>{esc(e.get("error"))}</td></tr>')
-        add("</tbody></table>")
+        add("</tbody></table></div>")
     else:
         add('<p class="empty">None.</p>')
     add('<p class="small">Machine-readable: results.jsonl (one line per file, the schema of '

@@ -430,6 +430,9 @@ class ScanProgress:
     audio_seconds: float
     elapsed: float
     path: str
+    bytes_done: int = 0
+    bytes_scanned: int = 0
+    bytes_total: int = 0
 
     @property
     def files_per_second(self) -> float:
@@ -441,7 +444,10 @@ class ScanProgress:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Remaining time at this run's rate (None until a file has been analysed)."""
+        """Remaining time at this run's rate, by file size (files of all lengths are mixed;
+        None until a file has been analysed)."""
+        if self.bytes_scanned > 0 and self.bytes_total > 0 and self.elapsed > 0:
+            return (self.bytes_total - self.bytes_done) / (self.bytes_scanned / self.elapsed)
         rate = self.files_per_second
         return (self.total - self.done) / rate if rate > 0 else None
 
@@ -641,8 +647,17 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
         t_scan = time.perf_counter()
         done_n = 0
 
+        sizes = []
+        for it in todo:
+            try:
+                sizes.append(os.stat(it.path).st_size)
+            except OSError:
+                sizes.append(0)
+        bytes_total, bytes_done, bytes_scanned = sum(sizes), 0, 0
         work = [(i, it.path) for i, it in enumerate(todo)]
         if jobs > 1 and len(work) > 1:
+            # Largest first: the last files to finish are short ones, so workers end together.
+            work.sort(key=lambda t: -sizes[t[0]])
             ctx = multiprocessing.get_context("fork")
             pool = ctx.Pool(processes=min(jobs, len(work)), initializer=_worker_init,
                             initargs=(str(idx.path), mcfg, set(done), set(hashes), os.getpid()))
@@ -679,14 +694,18 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
                 counts["errors"] += 1
             elif result.flagged:
                 counts["flagged"] += 1
+            bytes_done += sizes[i]
             if status != "resumed":
                 audio_s += result.duration
+                bytes_scanned += sizes[i]
             if progress is not None:
                 progress(ScanProgress(done=done_n, total=len(todo),
                                       scanned=counts["scanned"] + counts["duplicate"],
                                       resumed=counts["resumed"], errors=counts["errors"],
                                       flagged=counts["flagged"], audio_seconds=audio_s,
-                                      elapsed=time.perf_counter() - t_scan, path=item.path))
+                                      elapsed=time.perf_counter() - t_scan, path=item.path,
+                                      bytes_done=bytes_done, bytes_scanned=bytes_scanned,
+                                      bytes_total=bytes_total))
             yield result
         summary = ScanSummary(out_dir=out)
         summary.run_files = done_n
