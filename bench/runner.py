@@ -13,8 +13,8 @@ Entry point: :func:`run_bench`.  It writes everything under ``out_dir``::
 Steps (each timed; progress with ETA through ``progress``):
 
 1. **Indexing** - the catalogue is indexed fresh with ``jobs=N`` (this is the index the
-   queries run against) and with ``jobs=1`` (on a seeded subset of the catalogue in full
-   mode, see ``single_process_seconds``), each in a child process so that their memory is
+   queries run against) and with ``jobs=1`` (on a seeded subset of the indexed files,
+   see ``single_process_seconds``), each in a child process so that their memory is
    measured apart from matching.  A *decode-only* pass (``iter_audio_blocks`` at the
    index rate, same files, same process count) gives the ceiling indexing is compared
    with.  Per-stage times (decode, resample, spectrogram, peaks, hashing, store) come
@@ -42,7 +42,8 @@ Steps (each timed; progress with ETA through ``progress``):
 Budget on the 2-core dev machine (8.9 h catalogue): a full run is ~15-20 min; ``quick``
 indexes at most ~30 min of the catalogue and runs the 8 transforms of ``QUICK_SET`` with
 12 queries each (~2-4 min, more with peers).  Peers see the first 20 queries of each
-transform in a full run (audfprint matches ~0.4-0.7 s per query here).
+transform in a full run (audfprint matches ~0.4-0.7 s per query here).  These full-mode
+defaults were set from measured per-step costs, not from a complete timed full run.
 """
 
 from __future__ import annotations
@@ -839,17 +840,20 @@ def _durations(files: Sequence[str]) -> list[tuple[str, float]]:
 
 def _subset_by_seconds(items: Sequence[tuple[str, float]], seconds: float | None,
                        seed: int) -> list[tuple[str, float]]:
-    """Seeded subset whose total duration is about ``seconds`` (all if ``None``)."""
+    """Seeded subset whose total duration is about ``seconds`` (all if ``None``), preferring
+    tracks shorter than ``seconds / 8``."""
     if seconds is None or sum(d for _, d in items) <= seconds:
         return list(items)
     rng = np.random.default_rng([seed, _stable("subset")])
-    order = rng.permutation(len(items))
+    order = [int(i) for i in rng.permutation(len(items))]
+    # Prefer tracks shorter than 1/8 of the budget so a small subset still has many tracks.
+    order = [i for i in order if items[i][1] <= seconds / 8] + [i for i in order if items[i][1] > seconds / 8]
     out, tot = [], 0.0
     for i in order:
         if tot >= seconds:
             break
-        out.append(items[int(i)])
-        tot += items[int(i)][1]
+        out.append(items[i])
+        tot += items[i][1]
     return sorted(out)
 
 
@@ -914,11 +918,11 @@ def run_bench(catalogue_dir: str | os.PathLike, negatives_dir: str | os.PathLike
     n_negatives : negative queries (default 220, quick 30).
     max_catalogue_seconds : index only a seeded subset of about this much audio.
     single_process_seconds : audio indexed by the ``jobs=1`` run (a seeded subset of the
-        indexed files; default: 2 h in full mode, 15 min in quick mode).
-    peer_queries_per_transform : queries per transform sent to peers (default: 20 in full
+        indexed files; default: 1 h in full mode, 15 min in quick mode).
+    peer_queries_per_transform : queries per transform sent to peers (default: 15 in full
         mode, all in quick mode); peer rows use the first k queries of each transform (the
         same files Earmark matched) and all negatives.
-    self_query_tracks : tracks queried whole (default 12, quick 3).
+    self_query_tracks : tracks queried whole (default 8, quick 3).
     cli_queries : ``fp match`` calls timed.
     plots : write PNG plots.
     """
@@ -965,11 +969,11 @@ def _run(catalogue_dir, negatives_dir, out: Path, quick, seed, transforms, n_que
     if max_catalogue_seconds is None and quick:
         max_catalogue_seconds = 1800.0
     if single_process_seconds is None:
-        single_process_seconds = 900.0 if quick else 7200.0
+        single_process_seconds = 900.0 if quick else 3600.0
     if peer_queries_per_transform is None and not quick:
-        peer_queries_per_transform = 20
+        peer_queries_per_transform = 15
     if self_query_tracks is None:
-        self_query_tracks = 3 if quick else 12
+        self_query_tracks = 3 if quick else 8
     tlist = get_transforms(list(transforms) if transforms is not None else
                            (list(QUICK_SET) if quick else None))
 
