@@ -546,6 +546,134 @@ def _scan_one(task: tuple[int, str]) -> tuple[int, str, str | None, Any, float]:
         return i, "error", digest, _one_line(e, path), time.perf_counter() - t0
 
 
+def _worker_main(conn, index_path: str, mcfg, done: set, hashes: set, parent_pid: int) -> None:
+    """A worker process: receive ``(i, path)`` tasks, send back :func:`_scan_one` outcomes."""
+    _worker_init(index_path, mcfg, done, hashes, parent_pid)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            break
+        if task is None:
+            break
+        conn.send(_scan_one(task))
+
+
+class _WorkerPool:
+    """Forked worker processes, one task in flight each, supervised by the parent.
+
+    Unlike :class:`multiprocessing.pool.Pool`, a worker that dies (a decoder crashing on a
+    hostile file, the OOM killer) or runs past ``timeout`` is attributed to the exact file
+    it was analysing, which becomes an error line, and is replaced; the batch goes on.
+    """
+
+    def __init__(self, n: int, init_args: tuple, timeout: float | None = None):
+        self.ctx = multiprocessing.get_context("fork")
+        self.init_args = init_args
+        self.timeout = timeout
+        self.workers: list[dict[str, Any]] = []
+        for _ in range(n):
+            self._spawn()
+
+    def _spawn(self) -> dict[str, Any]:
+        parent_conn, child_conn = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker_main, args=(child_conn, *self.init_args),
+                                daemon=True, name="earmark-scan-worker")
+        proc.start()
+        child_conn.close()
+        w = {"proc": proc, "conn": parent_conn, "task": None, "t0": 0.0}
+        self.workers.append(w)
+        return w
+
+    def _retire(self, w: dict[str, Any]) -> None:
+        self.workers.remove(w)
+        try:
+            w["proc"].kill()
+        except Exception:
+            pass
+        w["proc"].join(5)
+        w["conn"].close()
+
+    def run(self, tasks: Iterable[tuple[int, str]]) -> Iterator[tuple]:
+        from multiprocessing.connection import wait
+
+        todo = iter(tasks)
+
+        def feed(w: dict[str, Any]) -> None:
+            task = next(todo, None)
+            w["task"], w["t0"] = task, time.monotonic()
+            if task is not None:
+                w["conn"].send(task)
+
+        for w in list(self.workers):
+            feed(w)
+        while True:
+            busy = [w for w in self.workers if w["task"] is not None]
+            if not busy:
+                return
+            timeout = None
+            if self.timeout:
+                timeout = max(0.0, min(w["t0"] + self.timeout for w in busy) - time.monotonic())
+            ready = set(wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy],
+                             timeout))
+            now = time.monotonic()
+            for w in busy:
+                outcome = None
+                if w["conn"] in ready or w["proc"].sentinel in ready:
+                    try:
+                        if w["conn"].poll():
+                            outcome = w["conn"].recv()
+                    except (EOFError, OSError):
+                        outcome = None
+                    if outcome is None:  # died without an answer
+                        w["proc"].join(1)
+                        code = w["proc"].exitcode
+                        why = (f"signal {-code}" if code is not None and code < 0
+                               else f"exit status {code}")
+                        outcome = self._failure(w, f"the analysis crashed ({why})")
+                elif self.timeout and now - w["t0"] >= self.timeout:
+                    outcome = self._failure(w, f"timed out after {self.timeout:g} s")
+                if outcome is None:
+                    continue
+                if outcome[1] == "crash":
+                    task = w["task"]
+                    self._retire(w)
+                    w = self._spawn()
+                    outcome = (task[0], "error", outcome[2], outcome[3], outcome[4])
+                w["task"] = None
+                yield outcome
+                feed(w)
+
+    def _failure(self, w: dict[str, Any], why: str) -> tuple:
+        from earmark.fingerprint.audio import content_hash
+
+        i, path = w["task"]
+        try:
+            digest = content_hash(path)
+        except Exception:
+            digest = None
+        return (i, "crash", digest, f"{path}: {why}; file skipped",
+                time.monotonic() - w["t0"])
+
+    def close(self) -> None:
+        for w in list(self.workers):
+            try:
+                if w["task"] is None:
+                    w["conn"].send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2.0
+        for w in list(self.workers):
+            if w["task"] is not None:
+                w["proc"].kill()
+            w["proc"].join(max(0.0, deadline - time.monotonic()))
+            if w["proc"].is_alive():
+                w["proc"].kill()
+                w["proc"].join()
+            w["conn"].close()
+        self.workers = []
+
+
 # --------------------------------------------------------------------------- scanning
 
 
@@ -562,7 +690,8 @@ def _lock(out: Path) -> int:
 def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike, *,
          index: Any = None, jobs: int = 1, manifest: str | os.PathLike | None = None,
          mcfg: Any = None, progress: Callable[[ScanProgress], None] | None = None,
-         retry_errors: bool = False, items: list[ScanItem] | None = None,
+         retry_errors: bool = False, timeout: float | None = None,
+         items: list[ScanItem] | None = None,
          stdin: TextIO | None = None) -> Iterator[ScanResult]:
     """Scan audio files against an index; yield one :class:`ScanResult` per input file.
 
@@ -581,7 +710,10 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
         Index folder (default :func:`~earmark.index.catalogue.default_index_path`) or an
         open :class:`~earmark.index.catalogue.Index`.
     jobs : int
-        Worker processes (forked; each maps the index read-only, sharing its pages).
+        Worker processes (forked; each maps the index read-only, so the index pages are
+        shared through the page cache).  A worker that crashes or times out costs only the
+        file it was analysing (an error line).  ``0`` analyses in the calling process (no
+        isolation; for debugging).
     manifest : path, optional
         CSV with a ``path`` column; other columns go into each line's ``manifest``.
     mcfg : MatchConfig, optional
@@ -590,6 +722,9 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
         Called with a :class:`ScanProgress` after each file.
     retry_errors : bool
         Analyse again the inputs that have an ``errors.jsonl`` line.
+    timeout : float, optional
+        Seconds one file may take before its worker is killed and the file is an error
+        (``jobs >= 1`` only; default: no limit).
     items : list of ScanItem, optional
         Already-expanded inputs (instead of / in addition to ``inputs``).
 
@@ -655,13 +790,13 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
                 sizes.append(0)
         bytes_total, bytes_done, bytes_scanned = sum(sizes), 0, 0
         work = [(i, it.path) for i, it in enumerate(todo)]
-        if jobs > 1 and len(work) > 1:
+        if jobs >= 1 and work:
             # Largest first: the last files to finish are short ones, so workers end together.
             work.sort(key=lambda t: -sizes[t[0]])
-            ctx = multiprocessing.get_context("fork")
-            pool = ctx.Pool(processes=min(jobs, len(work)), initializer=_worker_init,
-                            initargs=(str(idx.path), mcfg, set(done), set(hashes), os.getpid()))
-            outcomes: Iterable = pool.imap_unordered(_scan_one, work, chunksize=1)
+            pool = _WorkerPool(min(jobs, len(work)),
+                               (str(idx.path), mcfg, set(done), set(hashes), os.getpid()),
+                               timeout=timeout)
+            outcomes: Iterable = pool.run(work)
         else:
             _W.update(index=idx, mcfg=mcfg, done=set(done), hashes=set(hashes))
             outcomes = (_scan_one(t) for t in work)
@@ -717,8 +852,7 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
         summary.run_audio_seconds = audio_s
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close()
         _W.clear()
         for j in journals:
             j.close()
@@ -931,9 +1065,11 @@ def _fmt_duration(seconds: float | None) -> str:
               help="Flag matches at least this significant (-log10 chance probability).")
 @click.option("--retry-errors", is_flag=True,
               help="Analyse again the files listed in errors.jsonl (errors are final otherwise).")
+@click.option("--timeout", type=click.FloatRange(0, None), default=0, show_default=True,
+              help="Seconds one file may take before it is given up as an error (0: no limit).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance,
-             retry_errors, quiet):
+             retry_errors, timeout, quiet):
     """Scan audio against the index into a resumable report folder.
 
     INPUTS are folders (recursive), files, list files (@list, or a .txt/.lst file of paths,
@@ -978,7 +1114,7 @@ def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance
 
         index = default_index_path()
     gen = scan(inputs, out_dir, index=index, jobs=jobs, manifest=manifest, mcfg=mcfg,
-               progress=on_progress, retry_errors=retry_errors,
+               progress=on_progress, retry_errors=retry_errors, timeout=timeout or None,
                stdin=click.get_text_stream("stdin") if "-" in inputs else None)
     summary = None
     any_flagged = False
