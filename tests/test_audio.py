@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,8 @@ def test_decodes_mono_at_target_rate(files, ext):
 
 
 def test_decodes_m4a_with_pyav(files):
-    if "m4a" not in files:
-        pytest.skip("PyAV's FFmpeg has no AAC encoder")
+    # PyAV's wheels ship FFmpeg with its native AAC encoder: its absence is a failure.
+    assert "m4a" in files, "PyAV's FFmpeg has no AAC encoder"
     y = load_audio(files["m4a"], SR)
     assert y.dtype == np.float32 and y.ndim == 1
     # AAC pads to whole 1024-sample frames at the end, so allow a few frames of slack.
@@ -129,8 +130,7 @@ def test_tone_frequency_survives_resampling(files):
 
 @pytest.mark.parametrize("ext", ["wav", "flac", "m4a"])
 def test_blocks_equal_whole(files, ext):
-    if ext not in files:
-        pytest.skip("no AAC encoder")
+    assert ext in files, "PyAV's FFmpeg has no AAC encoder"
     whole = load_audio(files[ext], SR)
     block_seconds = 0.37  # does not divide the 2.5 s length
     blocks = list(iter_audio_blocks(files[ext], SR, block_seconds=block_seconds))
@@ -238,16 +238,75 @@ def test_nan_samples(tmp_path):
     assert "NaN" in _assert_audio_error(p)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root ignores file permissions")
-def test_permission_denied_real(tmp_path, files):
-    p = tmp_path / "locked.wav"
-    p.write_bytes(files["wav"].read_bytes())
-    p.chmod(0)
+def _in_unprivileged_child(fn) -> str:
+    """Run ``fn()`` in a forked child that has dropped root (uid/gid 65534, "nobody");
+    returns what it returned, or ``"<ExcType>: message"`` for an exception.
+
+    Root ignores file modes, so a real permission check needs a process that is not
+    root; forking (rather than exec-ing Python again) keeps every module loaded.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        try:
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                text = str(fn())
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                text = f"{type(e).__name__}: {e}"
+            os.write(w, text.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+def test_permission_denied_real(files):
+    """A file the user may not read: a real permission check (as root, from a child
+    process that gave up root), both for decoding and for hashing."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="earmark-perm-"))
     try:
-        assert "permission denied" in _assert_audio_error(p)
+        folder.chmod(0o755)  # others may look up the file, not read it
+        p = folder / "locked.wav"
+        p.write_bytes(files["wav"].read_bytes())
+        p.chmod(0)
+
+        def attempt() -> str:
+            msgs = []
+            for fn in (lambda: load_audio(p, SR), lambda: content_hash(p)):
+                try:
+                    fn()
+                    msgs.append("no error")
+                except AudioError as e:
+                    msgs.append(f"AudioError: {e}")
+            return "\n".join(msgs)
+
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            out = _in_unprivileged_child(attempt)
+        else:
+            out = attempt()
+        lines = out.splitlines()
+        assert len(lines) == 2, out
+        for line in lines:
+            assert line.startswith("AudioError: ") and str(p) in line, line
+            assert "permission denied" in line, line
+        # Root can still read it: the error came from the file mode, not the content.
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            assert len(load_audio(p, SR)) > 0
     finally:
-        p.chmod(0o644)
+        for q in folder.iterdir():
+            q.chmod(0o644)
+        shutil.rmtree(folder)
 
 
 def test_permission_denied(files, monkeypatch):

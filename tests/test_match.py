@@ -1,0 +1,241 @@
+"""Matching against the session index: the right recording, at the right offset, with the
+transform it went through; and nothing for audio that is not in the catalogue."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pedalboard
+import pytest
+import soxr
+
+import earmark
+from earmark.errors import AudioError
+from earmark.fingerprint.config import MATCH_PRESETS
+from earmark.index.catalogue import Index
+
+from conftest import (NON_CATALOGUE_SEEDS, SR, TRACKS, add_noise, alignment_offset, track_of,
+                      write_audio)
+
+DEFAULT_MIN_SIGNIFICANCE = MATCH_PRESETS["default"].min_significance
+
+
+def random_start(catalogue, name: str, seconds: float, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    return float(rng.uniform(0.0, catalogue.duration(name) - seconds - 0.01))
+
+
+def check_top(result, name: str, true_offset: float, *, speed: float = 1.0,
+              pitch: float = 0.0, offset_tol: float = 0.1):
+    """The best match is ``name`` at ``true_offset`` with the given transform."""
+    assert result.error is None
+    assert result.matches, f"{result.query}: no match (expected {name})"
+    m = result.matches[0]
+    assert track_of(m) == name, [(track_of(x), x.score, x.significance) for x in result.matches]
+    assert abs(alignment_offset(m) - true_offset) <= offset_tol, (alignment_offset(m), true_offset)
+    assert abs(m.speed / speed - 1.0) <= 0.01, (m.speed, speed)
+    assert abs(m.pitch_semitones - pitch) <= 0.25, (m.pitch_semitones, pitch)
+    # Evidence is self-consistent.
+    assert m.score >= MATCH_PRESETS["default"].min_score
+    assert m.significance >= DEFAULT_MIN_SIGNIFICANCE
+    assert 0.0 <= m.query_start < m.query_end <= result.duration + 1e-6
+    assert m.reference_start < m.reference_end
+    assert 0.0 < m.coverage <= 1.0
+    assert m.coverage == pytest.approx((m.query_end - m.query_start) / result.duration, abs=1e-6)
+    return m
+
+
+# --------------------------------------------------------------------------- known answers
+
+
+@pytest.mark.parametrize("k, name", list(enumerate(n for n, _s, _d in TRACKS)))
+def test_clean_5s_excerpt_at_random_offset(catalogue, index, k, name):
+    y, start = catalogue.excerpt(name, random_start(catalogue, name, 5.0, seed=100 + k), 5.0)
+    m = check_top(index.match_audio(y, SR, label=name), name, start)
+    # The reference segment lies inside the recording and corresponds to the query's.
+    assert -0.1 <= m.reference_start and m.reference_end <= catalogue.duration(name) + 0.1
+    assert m.reference_start == pytest.approx(start + m.query_start * m.speed, abs=0.1)
+
+
+def test_clean_excerpts_report_no_other_recording(catalogue, index):
+    """A clean excerpt of one recording is evidence of that recording only: anything
+    else reported at the default threshold is a false positive."""
+    extra = []
+    for k, name in enumerate(catalogue.names):
+        y, _ = catalogue.excerpt(name, random_start(catalogue, name, 5.0, seed=100 + k), 5.0)
+        res = index.match_audio(y, SR, label=name)
+        extra += [(name, track_of(m), m.score, m.significance, round(m.speed, 3),
+                   round(m.pitch_semitones, 2)) for m in res.matches if track_of(m) != name]
+    assert not extra, f"false positives beside the true match: {extra}"
+
+
+@pytest.mark.parametrize("k, name", [(0, "track02.wav"), (1, "track05.wav"),
+                                     (2, "track07.flac"), (3, "track08.ogg")])
+def test_white_noise_5db_snr(catalogue, index, k, name):
+    y, start = catalogue.excerpt(name, random_start(catalogue, name, 10.0, seed=200 + k), 10.0)
+    check_top(index.match_audio(add_noise(y, 5.0, seed=k), SR), name, start)
+
+
+@pytest.mark.parametrize("name", ["track03.wav", "track06.wav"])
+def test_mp3_64kbps_round_trip(catalogue, index, tmp_path, name):
+    y, start = catalogue.excerpt(name, random_start(catalogue, name, 8.0, seed=300), 8.0)
+    path = write_audio(tmp_path / "excerpt.mp3", y)
+    kbps = path.stat().st_size * 8 / 8.0 / 1000
+    assert 48 <= kbps <= 80, kbps  # really a low-bitrate lossy encode
+    check_top(index.match_file(path), name, start)
+
+
+@pytest.mark.parametrize("speed", [0.85, 1.2])
+def test_speed_change(catalogue, index, speed):
+    """Played ``speed`` times faster (resampling: tempo and pitch together)."""
+    name = "track04.wav"
+    y, start = catalogue.excerpt(name, 9.0, 9.0)
+    q = soxr.resample(y, SR * speed, SR).astype(np.float32)
+    assert len(q) == pytest.approx(len(y) / speed, abs=2)
+    check_top(index.match_audio(q, SR), name, start, speed=speed, pitch=12 * math.log2(speed))
+
+
+@pytest.mark.parametrize("semitones", [2.0, -2.0])
+def test_pitch_shift(catalogue, index, semitones):
+    name = "track05.wav"
+    y, start = catalogue.excerpt(name, 12.0, 8.0)
+    q = pedalboard.time_stretch(y[None, :], SR, stretch_factor=1.0,
+                                pitch_shift_in_semitones=semitones)[0].astype(np.float32)
+    check_top(index.match_audio(q, SR), name, start, speed=1.0, pitch=semitones)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_tempo_change(catalogue, index, factor):
+    """Tempo only (pitch kept): ``factor`` 1.1 plays 10 % faster."""
+    name = "track06.wav"
+    y, start = catalogue.excerpt(name, 15.0, 8.0)
+    q = pedalboard.time_stretch(y[None, :], SR, stretch_factor=factor)[0].astype(np.float32)
+    assert len(q) == pytest.approx(len(y) / factor, rel=0.02)
+    check_top(index.match_audio(q, SR), name, start, speed=factor, pitch=0.0)
+
+
+def test_excerpt_embedded_in_other_music_is_found_and_located(catalogue, index):
+    name = "track03.wav"
+    y, ref_start = catalogue.excerpt(name, 20.0, 5.0)
+    background = catalogue.other_song(NON_CATALOGUE_SEEDS[0], 30.0).copy()
+    at = 12.0
+    a = int(at * SR)
+    background[a:a + y.shape[0]] = y          # spliced in: 12-17 s of the query
+    res = index.match_audio(background, SR)
+    hits = [m for m in res.matches if track_of(m) == name]
+    assert hits, [(track_of(m), m.score) for m in res.matches]
+    m = hits[0]
+    assert m is res.matches[0]
+    assert abs(alignment_offset(m) - (ref_start - at)) <= 0.1
+    assert abs(m.query_start - at) <= 0.5 and abs(m.query_end - (at + 5.0)) <= 0.5, (
+        m.query_start, m.query_end)
+    assert abs(m.reference_start - (ref_start + m.query_start - at)) <= 0.1
+
+
+def test_query_using_two_recordings_reports_both_with_segments(catalogue, index):
+    a, a_start = catalogue.excerpt("track01.wav", 3.0, 8.0)
+    b, b_start = catalogue.excerpt("track08.ogg", 15.0, 8.0)
+    res = index.match_audio(np.concatenate([a, b]), SR)
+    by_track = {}
+    for m in res.matches:
+        by_track.setdefault(track_of(m), m)   # strongest of each
+    assert {"track01.wav", "track08.ogg"} <= set(by_track), [track_of(m) for m in res.matches]
+    ma, mb = by_track["track01.wav"], by_track["track08.ogg"]
+    # Segments: the first 8 s use track01, the last 8 s use track08.
+    assert -0.01 <= ma.query_start and ma.query_end <= 8.5 and ma.query_end - ma.query_start >= 5
+    assert 7.5 <= mb.query_start and mb.query_end <= 16.01 and mb.query_end - mb.query_start >= 5
+    assert abs(alignment_offset(ma) - a_start) <= 0.1
+    assert abs(alignment_offset(mb) - (b_start - 8.0)) <= 0.1
+    # Both are the two best matches.
+    assert {track_of(m) for m in res.matches[:2]} == {"track01.wav", "track08.ogg"}
+
+
+# --------------------------------------------------------------------------- negatives
+
+
+@pytest.mark.parametrize("colour", ["white", "pink"])
+def test_noise_matches_nothing(catalogue, index, colour):
+    res = index.match_audio(catalogue.noise(seed=77, seconds=10.0, colour=colour), SR)
+    assert res.matches == (), [(track_of(m), m.score, m.significance) for m in res.matches]
+
+
+@pytest.mark.parametrize("seed", NON_CATALOGUE_SEEDS)
+def test_non_catalogue_music_matches_nothing(catalogue, index, seed):
+    res = index.match_audio(catalogue.other_song(seed, 20.0), SR)
+    assert res.matches == (), [(track_of(m), m.score, m.significance, round(m.speed, 3),
+                                round(m.pitch_semitones, 2)) for m in res.matches]
+
+
+def test_silence_is_an_audio_error(catalogue, index, tmp_path):
+    with pytest.raises(AudioError, match="silent"):
+        index.match_audio(np.zeros(5 * SR, np.float32), SR)
+    path = write_audio(tmp_path / "silence.wav", np.zeros(5 * SR, np.float32))
+    with pytest.raises(AudioError, match="silent") as err:
+        index.match_file(path)
+    assert str(path) in str(err.value)
+    [result] = list(index.match_files([path]))
+    assert result.error and "silent" in result.error and result.matches == ()
+
+
+# --------------------------------------------------------------------------- presets, API
+
+
+@pytest.mark.parametrize("name", ["track02.wav", "track07.flac", "track08.ogg"])
+def test_fast_preset_finds_clean_excerpts(catalogue, index, name):
+    y, start = catalogue.excerpt(name, random_start(catalogue, name, 5.0, seed=400), 5.0)
+    m = check_top(index.match_audio(y, SR, MATCH_PRESETS["fast"]), name, start)
+    assert m.pitch_semitones == pytest.approx(0.0, abs=0.25)
+
+
+def test_fast_preset_does_not_search_transforms(catalogue, index):
+    """``--fast`` is plain matching: a 20 % speed change is out of its reach, while the
+    default search finds it (so the preset really changes what is searched)."""
+    y, start = catalogue.excerpt("track04.wav", 9.0, 9.0)
+    q = soxr.resample(y, SR * 1.2, SR).astype(np.float32)
+    fast = index.match_audio(q, SR, MATCH_PRESETS["fast"])
+    assert not [m for m in fast.matches
+                if track_of(m) == "track04.wav" and abs(alignment_offset(m) - start) < 0.5]
+    check_top(index.match_audio(q, SR), "track04.wav", start, speed=1.2,
+              pitch=12 * math.log2(1.2))
+
+
+def test_max_matches_and_min_significance_are_honoured(catalogue, index):
+    a, _ = catalogue.excerpt("track01.wav", 3.0, 8.0)
+    b, _ = catalogue.excerpt("track08.ogg", 15.0, 8.0)
+    q = np.concatenate([a, b])
+    one = index.match_audio(q, SR, MATCH_PRESETS["default"].with_(max_matches=1))
+    assert len(one.matches) == 1
+    full = index.match_audio(q, SR)
+    assert one.matches[0].reference.path == full.matches[0].reference.path
+    strict = index.match_audio(q, SR, MATCH_PRESETS["default"].with_(min_significance=1e9))
+    assert strict.matches == ()
+
+
+def test_python_api_without_cli(catalogue, built_index, tmp_path, monkeypatch):
+    name = "track06.wav"
+    y, start = catalogue.excerpt(name, 21.0, 6.0)
+    path = write_audio(tmp_path / "suspect.wav", y)
+    idx = earmark.open_index(built_index.path)
+    assert isinstance(idx, Index)
+    res = idx.match_file(path)
+    assert isinstance(res, earmark.QueryResult) and res.query == str(path)
+    m = check_top(res, name, start)
+    assert isinstance(m, earmark.Match) and isinstance(m.reference, earmark.Reference)
+    # JSON view of the same evidence.
+    doc = json.loads(res.to_json())
+    assert doc["query"] == str(path) and doc["error"] is None
+    assert doc["matches"][0]["reference"]["path"] == m.reference.path
+    assert doc["matches"][0]["score"] == m.score
+    # $FP_INDEX names the default index.
+    monkeypatch.setenv("FP_INDEX", str(built_index.path))
+    assert earmark.default_index_path() == built_index.path
+    check_top(earmark.open_index().match_file(path), name, start)
+    # Arrays at any rate and channel count: stereo at 44.1 kHz.
+    y44 = soxr.resample(y, SR, 44100)
+    stereo44 = np.stack([y44, y44], axis=1).astype(np.float32)
+    check_top(idx.match_audio(stereo44, 44100), name, start)
+    # Missing index: a clear error.
+    with pytest.raises(earmark.IndexError_, match="no index"):
+        earmark.open_index(tmp_path / "nothing-here")
