@@ -17,7 +17,16 @@ from earmark.errors import AudioError, EarmarkError, IndexError_, MetadataError 
 from earmark.evidence import Match, QueryResult, Reference  # noqa: E402
 from earmark.fingerprint.config import (FingerprintConfig, MatchConfig,  # noqa: E402
                                         MATCH_PRESETS, PRESETS)
-from earmark.index.catalogue import Index, default_index_path  # noqa: E402
+
+
+def __getattr__(name: str):
+    # The index pulls in Numba kernels and SciPy: imported on first use, so that
+    # `import earmark` (and every `fp` command) starts fast.
+    if name in ("Index", "default_index_path"):
+        from earmark.index import catalogue
+
+        return getattr(catalogue, name)
+    raise AttributeError(f"module 'earmark' has no attribute {name!r}")
 
 __all__ = ["Index", "Match", "QueryResult", "Reference", "FingerprintConfig", "MatchConfig",
            "PRESETS", "MATCH_PRESETS", "EarmarkError", "AudioError", "IndexError_",

@@ -41,7 +41,28 @@ def _fmt_time(seconds: float) -> str:
     return f"{int(m)}:{s:05.2f}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Commands that live in heavier modules (``fp bench``, ``fp scan``) are imported only
+    when invoked, so that ``fp match`` starts fast."""
+
+    lazy = {"bench": ("earmark.bench.cli", "bench_cmd"), "scan": ("earmark.scan", "scan_cmd")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy[name]
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError):
+                return None
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="earmark", prog_name="fp")
 def cli() -> None:
     """Earmark: find a catalogue's recordings inside other audio, with evidence."""
@@ -250,25 +271,6 @@ def demo_cmd(workdir):
 
     code = run_demo(workdir, echo=click.echo, show=_print_table)
     sys.exit(code)
-
-
-def _register_optional_commands() -> None:
-    """``fp bench`` and ``fp scan`` live in their own modules."""
-    try:
-        from earmark.bench.cli import bench_cmd
-    except ImportError:
-        bench_cmd = None
-    if bench_cmd is not None:
-        cli.add_command(bench_cmd, "bench")
-    try:
-        from earmark.scan import scan_cmd
-    except ImportError:
-        scan_cmd = None
-    if scan_cmd is not None:
-        cli.add_command(scan_cmd, "scan")
-
-
-_register_optional_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

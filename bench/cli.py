@@ -1,0 +1,110 @@
+"""``fp bench``: the benchmark commands (thin: parse, call :mod:`earmark.bench`, print)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+
+class _BenchGroup(click.Group):
+    """``fp bench CATALOGUE ...`` runs the main benchmark; ``fp bench scale|derivation``
+    are subcommands.  A first argument that is not a subcommand is the catalogue."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        elif args and args[0].startswith("-") and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("bench", cls=_BenchGroup, invoke_without_command=False,
+             context_settings={"help_option_names": ["-h", "--help"]})
+def bench_cmd() -> None:
+    """Accuracy, speed and scale on any music folder, side by side with peers.
+
+    \b
+    fp bench CATALOGUE --negatives OTHER --out bench-out/
+    fp bench CATALOGUE --negatives OTHER --quick
+    fp bench CATALOGUE ... --peer audfprint=PATH/TO/audfprint
+    fp bench CATALOGUE ... --compare old/results.json
+    fp bench scale --tracks 100000
+    fp bench derivation --out bench-deriv/
+    """
+
+
+@bench_cmd.command("run")
+@click.argument("catalogue", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--negatives", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Non-catalogue music (negatives and mixing material).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench-out"), show_default=True)
+@click.option("--quick", is_flag=True, help="~2 min smoke run (subset of transforms and catalogue).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--transform", "transforms", multiple=True,
+              help="Transform name or family (repeatable; default: all).")
+@click.option("--queries", "n_queries", type=click.IntRange(1, 100000), default=None,
+              help="Excerpts per transform (default 60, quick 12).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+              show_default=True)
+@click.option("--peer", "peers", multiple=True, metavar="NAME=PATH",
+              help="Peer system measured on the same queries, e.g. audfprint=~/src/audfprint.")
+@click.option("--compare", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Previous results.json: adds a before/after table.")
+def run_cmd(catalogue, negatives, out_dir, quick, seed, transforms, n_queries, jobs, peers,
+            compare):
+    """Run the benchmark on CATALOGUE and write results.json, results.md and plots."""
+    from earmark.bench.peers import make_peer
+    from earmark.bench.runner import run_bench
+
+    try:
+        peer_objs = [make_peer(p) for p in peers]
+        if transforms:
+            from earmark.bench.transforms import get_transforms
+
+            get_transforms(transforms)
+    except ValueError as e:
+        raise click.BadParameter(str(e).splitlines()[0])
+    run_bench(catalogue, negatives, out_dir, quick=quick, seed=seed,
+              transforms=list(transforms) or None, n_queries=n_queries, jobs=jobs,
+              peers=peer_objs, compare=compare)
+    click.echo(f"wrote {out_dir / 'results.json'}, {out_dir / 'results.md'} and plots")
+
+
+@bench_cmd.command("scale")
+@click.option("--tracks", type=click.IntRange(10, 10_000_000), default=100_000, show_default=True)
+@click.option("--steps", default="1000,10000,100000", show_default=True,
+              help="Catalogue sizes measured (comma-separated).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench-out"), show_default=True)
+@click.option("--real-index", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Index whose tracks and hash statistics seed the growth.")
+@click.option("--negatives", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+def scale_cmd(tracks, steps, out_dir, real_index, negatives, seed):
+    """Grow the index far past the corpus and measure latency, size, memory, false positives."""
+    from earmark.bench.scale import run_scale
+
+    try:
+        step_list = tuple(int(s) for s in steps.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"--steps must be comma-separated integers, got {steps!r}")
+    doc = run_scale(out_dir, tracks=tracks, steps=step_list, seed=seed, real_index=real_index,
+                    negatives_dir=negatives)
+    click.echo(json.dumps({k: doc[k] for k in ("steps",) if k in doc}, default=str)[:2000])
+    click.echo(f"wrote {out_dir / 'scale.json'} and {out_dir / 'scale.png'}")
+
+
+def _register_derivation() -> None:
+    try:
+        from earmark.bench.derivation import derivation_cmd  # noqa: F401
+    except ImportError:
+        return
+    bench_cmd.add_command(derivation_cmd, "derivation")
+
+
+_register_derivation()
