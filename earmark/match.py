@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -615,10 +614,3 @@ def evidence_to_match(e: _Evidence, reference: Reference, query_duration: float,
                  reference_end=r_end,
                  coverage=(q_end - q_start) / query_duration if query_duration > 0 else 0.0,
                  speed=e.speed, pitch_semitones=e.pitch, alignment=alignment)
-
-
-def timed(fn, *args, **kwargs):
-    """``(result, seconds)`` of a call."""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0

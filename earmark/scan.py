@@ -47,10 +47,16 @@ flight and never writes a line twice.  A changed file (same path, new content) i
 again; the report shows the newest result of each path.  A report folder is locked while a
 scan runs.
 
-Errors are final: an errored file is not retried by a re-run unless ``--retry-errors``
-(``retry_errors=True``) is given, which drops the error lines of this run's inputs and
-analyses them again.  A missing input is an error too (it may appear later: re-run with
-``--retry-errors``).
+Errors are final: a file that could not be analysed is not tried again while its content is
+unchanged, unless ``--retry-errors`` (``retry_errors=True``) is given, which drops the error
+lines of this run's inputs and analyses them again (for transient failures: a network
+mount, memory, a timeout).  A missing input is an error too; once it appears it is a new
+file and is analysed.
+
+Workers are forked processes, each with one file in flight and supervised by the parent: a
+worker that crashes (a decoder on a hostile file, the OOM killer) or exceeds ``--timeout``
+costs only that file, which becomes an error line, and is replaced.  Each worker maps the
+index segments read-only; their pages live once in the page cache, shared by all workers.
 
 Relative paths in a manifest or a list file are resolved against the folder of that file;
 paths read from standard input against the current folder.
@@ -503,7 +509,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_init(index_path: str, mcfg, done: set, hashes: dict, parent_pid: int) -> None:
+def _worker_init(index_path: str, mcfg, done: set, hashes: set, parent_pid: int) -> None:
     from earmark.index.catalogue import Index
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
@@ -1096,8 +1102,10 @@ def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance
     stderr = Console(stderr=True, highlight=False)
     bar = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                   console=stderr, transient=True,
+                   console=stderr, transient=True, auto_refresh=False,
                    disable=quiet or not sys.stderr.isatty())
+    # auto_refresh=False: no refresh thread, so forking a (replacement) worker while the bar
+    # is shown cannot inherit a lock held by another thread.
     task = bar.add_task("scan", total=None, stats="")
 
     def on_progress(p: ScanProgress) -> None:
@@ -1107,6 +1115,7 @@ def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance
                          f"({p.audio_hours_per_second:.3f} audio-h/s)  "
                          f"{p.flagged} flagged  {p.errors} errors  "
                          f"ETA {_fmt_duration(p.eta_seconds)}")
+        bar.refresh()
 
     index = index_path
     if index is None:

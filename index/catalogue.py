@@ -300,9 +300,6 @@ class Index:
 
     # ------------------------------------------------------------------ matching
 
-    def query_landmarks(self, lm: Landmarks) -> QueryLandmarks:
-        return QueryLandmarks.from_landmarks(lm)
-
     def _query_max_dt(self, mcfg: MatchConfig) -> float:
         searching = mcfg.search_speed or mcfg.search_tempo
         return self.config.max_pair_frames / (mcfg.min_speed if searching else 1.0)
