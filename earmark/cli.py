@@ -279,8 +279,12 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="fp", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:
+        hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        click.echo(f"fp: error: {e.format_message()}{hint}", err=True)
+        sys.exit(EXIT_ERROR)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"fp: error: {e.format_message()}", err=True)
         sys.exit(EXIT_ERROR)
     except click.exceptions.Abort:
         click.echo("fp: interrupted", err=True)

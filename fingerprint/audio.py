@@ -17,9 +17,11 @@ names the file; no :mod:`soundfile` or :mod:`av` exception escapes this module.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,10 +143,32 @@ def _downmix(x: np.ndarray, channel_axis: int) -> np.ndarray:
 # --------------------------------------------------------------------------- backends
 
 
+@contextlib.contextmanager
+def _quiet_c_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C libraries' diagnostics) for the duration."""
+    try:
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _open_soundfile(p: Path, name: str, block_seconds: float,
                     offset_seconds: float) -> tuple[int, Iterator[np.ndarray]]:
     """Open with libsndfile; returns (native rate, generator of mono chunks)."""
-    f = sf.SoundFile(str(p))  # raises on unknown/corrupt formats: caller falls back
+    with _quiet_c_stderr():
+        # libsndfile's MPEG decoder prints "Note: Illegal Audio-MPEG-Header" lines from C
+        # while probing corrupt input; our own one-line error is what the user should see.
+        f = sf.SoundFile(str(p))  # raises on unknown/corrupt formats: caller falls back
     try:
         sr_in = int(f.samplerate)
         if sr_in <= 0:
