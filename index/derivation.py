@@ -1,0 +1,815 @@
+"""The derivation tier: segment embeddings in FAISS, searched with aligned votes.
+
+Where the hash store (:mod:`earmark.index.store`) answers "which *recording* is this?",
+this tier answers "which catalogue *composition* does this re-perform?" - other
+instruments, another key, another tempo, the melody over a new backing.  Embeddings come
+from :mod:`earmark.fingerprint.chroma`; this module stores, searches and votes.
+
+Files
+-----
+One immutable file per hash segment, named after it (:func:`segment_file_name`:
+``seg-000007.emk`` -> ``seg-000007.drv``), written like the hash segments: temporary
+name, fsync, ``os.replace``, fsync of the folder; the manifest that names it is the commit
+point, so a crash leaves either the previous generation or the new one, never a half
+file in use.  Layout (little-endian, no pickle)::
+
+    0   8  magic b"EMKDRV\\x00\\x01"
+    8   4  file format version (FORMAT_VERSION)
+    12  4  embedding version (chroma.EMBED_VERSION)   16 4  dim
+    20  4  index kind: 0 flat, 1 IVF-PQ               24 8  n_vectors
+    32  8  faiss blob bytes (0 for flat)             40 24 reserved
+    64  .. vec_track int64[n] | vec_start float32[n] | vectors float16[n, dim]
+           | faiss blob (faiss.serialize_index)          (each 64-byte aligned)
+
+The float16 vectors are the source of truth (about 200 bytes per catalogue second with
+the ids: ~0.7 MB per catalogue hour); they are memory-mapped and serve the exact
+re-ranking and merges.  The FAISS structure is chosen per file from its size
+(:func:`choose_index_kind`):
+
+* ``n_vectors <= FLAT_MAX_VECTORS`` (200 000 vectors, ~55 catalogue hours): exact
+  ``IndexFlatIP`` built at open time from the float16 vectors (no blob: at this size a
+  flat scan of ~1 300 query variants takes milliseconds and nothing needs training);
+* larger: ``IndexIVFPQ`` (inner product, ``nlist`` about ``4 sqrt(n)`` rounded to a power
+  of two within 1 024..16 384, PQ with ``dim/4`` sub-quantisers of 8 bits = 24 bytes a
+  vector), trained on a seeded sample of the file's own vectors, searched with
+  ``nprobe = NPROBE``; its candidates are re-scored exactly from the float16 vectors.
+
+Removal: a removed track's vectors stay in their file until the next merge
+(:func:`merge_segments`, called where the hash tier merges) and are filtered out of every
+search by the ``removed_track_ids`` the store was opened with - the hash tier's
+tombstones (``manifest["removed"]``).
+
+Matching: aligned votes
+-----------------------
+Each query patch, at each tempo ratio ``r`` and key rotation ``k``
+(:func:`earmark.fingerprint.chroma.query_embeddings`), retrieves its ``k_neighbours``
+nearest catalogue patches; a neighbour with cosine ``>= min_similarity`` votes for the
+hypothesis ``(track, key k, tempo r, offset b)`` where ``b = t_ref - r * t_query`` is the
+reference time at query time 0, in bins of ``OFFSET_BIN`` seconds.  A hypothesis's
+support is the number of *distinct* query patches that vote for it within +-1 bin (a
+patch counts once, with its best similarity).  A flag needs ``min_votes`` patches that
+agree on one alignment line - a bag of similar-sounding patches scattered over a
+track, or over keys and tempi, does not add up.
+
+Significance
+------------
+Under the null (the query does not derive from the track), votes are chance neighbours.
+A query patch's ``k`` neighbours above the similarity floor fall on a given alignment
+(3 bins of one track, one key, one tempo) with probability about ``p = v * 3 /
+N_vectors`` where ``v`` is the mean number of votes a patch variant casts.  Query patches
+1 s apart overlap by 5/6, so their chance votes are not independent: the support ``m``
+of ``n`` patches is modelled as ``Binomial(n / c, p)`` evaluated at ``m / c`` with
+``c = CORRELATION`` patches per independent observation.  With ``A = 12 * T * N_vectors``
+alignments searched (keys x tempi x catalogue positions),
+
+    significance = -log10 min(1, A * P[Binomial(n/c, p) >= m/c])
+
+The correlation ``c``, and the default threshold, were calibrated on non-catalogue
+music: synthetic compositions and the dev corpus's real non-catalogue music, searched
+against both synthetic and real catalogues (``fp bench derivation``; numbers in
+``DEFAULT_MIN_SIGNIFICANCE``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.special import betainc, gammaln
+
+from earmark.errors import IndexError_
+from earmark.evidence import Match, Reference
+from earmark.fingerprint import chroma
+from earmark.fingerprint.chroma import QueryEmbeddings, SegmentEmbeddings
+
+__all__ = [
+    "FORMAT_VERSION", "DerivationConfig", "DerivationSegment", "DerivationStore",
+    "SegmentArrays", "build_segment", "choose_index_kind", "match_derivations",
+    "merge_segments", "read_segment", "segment_file_name", "write_segment",
+]
+
+MAGIC = b"EMKDRV\x00\x01"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<8sIIIIQQ24x")
+_ALIGN = 64
+KIND_FLAT, KIND_IVFPQ = 0, 1
+#: A file with at most this many vectors is searched exactly (IndexFlatIP).
+FLAT_MAX_VECTORS = 40_000
+#: IVF lists visited per query vector.
+NPROBE = 16
+#: Offset histogram bin (seconds of reference time).
+OFFSET_BIN = 1.0
+#: Overlapping query patches per independent chance observation (see module doc).
+CORRELATION = 2.0
+#: An aligned patch "agrees" at this cosine or above (after refinement).
+PATCH_SIMILARITY = 0.75
+#: Probability that an unrelated catalogue patch, at the best of 12 keys and 7 tempi,
+#: reaches PATCH_SIMILARITY with a query patch (measured on non-catalogue music).
+CHANCE_PATCH_P = 0.002
+#: Misalignments (seconds) whose similarity is the background of a match.
+BACKGROUND_SHIFTS = (-7.5, -6.5, -5.5, -4.5, -3.5, -2.5, -1.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5)
+#: Default threshold on significance (calibrated by ``fp bench derivation``).
+DEFAULT_MIN_SIGNIFICANCE = 5.0
+#: Default contrast a flag needs (see DerivationConfig.min_contrast).
+MIN_CONTRAST = 0.55
+SUFFIX = ".drv"
+
+
+def segment_file_name(hash_segment_file: str) -> str:
+    """Name of the derivation file that goes with a hash segment (``seg-000007.emk`` ->
+    ``seg-000007.drv``)."""
+    stem = hash_segment_file.rsplit(".", 1)[0]
+    return stem + SUFFIX
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass
+class SegmentArrays:
+    """The content of one derivation file before it is written.
+
+    Attributes
+    ----------
+    track : int64 array (n,)
+        Track id of each vector.
+    start : float32 array (n,)
+        Start of each patch in its track, seconds.
+    vectors : float16 array (n, dim)
+    """
+
+    track: np.ndarray
+    start: np.ndarray
+    vectors: np.ndarray
+
+    @property
+    def n_vectors(self) -> int:
+        return int(self.track.shape[0])
+
+    def track_ids(self) -> list[int]:
+        return sorted({int(t) for t in np.unique(self.track)})
+
+
+def build_segment(track_ids: Sequence[int], embeddings: Sequence[SegmentEmbeddings]
+                  ) -> SegmentArrays:
+    """Gather the embeddings of several tracks into one file's arrays.
+
+    A track with no embeddings (silence, shorter than 3 s) simply has no vectors: it can
+    still be matched by the hash tier.
+    """
+    if len(track_ids) != len(embeddings):
+        raise ValueError("track_ids and embeddings differ in length")
+    tr, st, ve = [], [], []
+    for tid, e in zip(track_ids, embeddings):
+        n = len(e)
+        if n == 0:
+            continue
+        if e.vectors.shape[1] != chroma.DIM:
+            raise ValueError(f"embedding dimension {e.vectors.shape[1]} != {chroma.DIM}")
+        tr.append(np.full(n, int(tid), np.int64))
+        st.append(np.asarray(e.starts, np.float32))
+        ve.append(np.asarray(e.vectors, np.float16))
+    if not tr:
+        return SegmentArrays(np.zeros(0, np.int64), np.zeros(0, np.float32),
+                             np.zeros((0, chroma.DIM), np.float16))
+    return SegmentArrays(np.concatenate(tr), np.concatenate(st), np.concatenate(ve))
+
+
+def choose_index_kind(n_vectors: int) -> int:
+    """``KIND_FLAT`` up to ``FLAT_MAX_VECTORS`` vectors, else ``KIND_IVFPQ``."""
+    return KIND_FLAT if n_vectors <= FLAT_MAX_VECTORS else KIND_IVFPQ
+
+
+def _ivf_nlist(n: int) -> int:
+    return int(min(16384, max(256, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))))
+
+
+def _new_ivfpq(d: int, nlist: int):
+    """Empty IVF-PQ (inner product): HNSW coarse quantiser, d/4 sub-quantisers x 8 bits."""
+    import faiss
+    quantizer = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFPQ(quantizer, d, nlist, d // 4, 8, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 5
+    return index
+
+
+def _build_ivfpq(vectors: np.ndarray, seed: int = 0):
+    n, d = vectors.shape
+    nlist = _ivf_nlist(n)
+    index = _new_ivfpq(d, nlist)
+    rng = np.random.default_rng(seed)
+    n_train = min(n, 40 * nlist)
+    train = vectors[np.sort(rng.choice(n, n_train, replace=False))].astype(np.float32)
+    index.train(train)
+    step = 1_000_000
+    for i in range(0, n, step):
+        index.add(np.ascontiguousarray(vectors[i:i + step], dtype=np.float32))
+    index.nprobe = NPROBE
+    return index
+
+
+def write_segment(folder: str | os.PathLike, name: str, arrays: SegmentArrays,
+                  kind: int | None = None) -> int:
+    """Write one derivation file atomically (temporary name, fsync, ``os.replace``).
+
+    Returns the number of bytes written.  ``kind`` overrides :func:`choose_index_kind`.
+    """
+    import faiss
+    folder = Path(folder)
+    path = folder / name
+    n = arrays.n_vectors
+    kind = choose_index_kind(n) if kind is None else kind
+    blob = b""
+    if kind == KIND_IVFPQ and n > 0:
+        blob = faiss.serialize_index(_build_ivfpq(arrays.vectors)).tobytes()
+    elif kind == KIND_IVFPQ:
+        kind = KIND_FLAT
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, chroma.EMBED_VERSION, chroma.DIM, kind, n,
+                          len(blob))
+    parts = [np.ascontiguousarray(arrays.track, dtype="<i8").tobytes(),
+             np.ascontiguousarray(arrays.start, dtype="<f4").tobytes(),
+             np.ascontiguousarray(arrays.vectors, dtype="<f2").tobytes(), blob]
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header.ljust(_ALIGN, b"\0"))
+            pos = _ALIGN
+            for data in parts:
+                f.write(data)
+                pos += len(data)
+                pad = _aligned(pos) - pos
+                f.write(b"\0" * pad)
+                pos += pad
+            f.flush()
+            os.fsync(f.fileno())
+            written = pos
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return written
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class DerivationSegment:
+    """One opened derivation file (arrays memory-mapped, FAISS index in memory)."""
+
+    name: str
+    kind: int
+    track: np.ndarray
+    start: np.ndarray
+    vectors: np.ndarray
+    index: object = field(repr=False)
+    nbytes: int = 0
+    _runs: dict | None = field(default=None, repr=False)
+
+    @property
+    def n_vectors(self) -> int:
+        return int(self.track.shape[0])
+
+    def runs(self) -> dict[int, list[tuple[int, int]]]:
+        """``track id -> [(first row, end row), ...]`` (a track's rows are contiguous)."""
+        if self._runs is None:
+            t = np.asarray(self.track)
+            runs: dict[int, list[tuple[int, int]]] = {}
+            if t.size:
+                b = np.concatenate([[0], np.flatnonzero(np.diff(t)) + 1, [t.size]])
+                for i0, i1 in zip(b[:-1], b[1:]):
+                    runs.setdefault(int(t[i0]), []).append((int(i0), int(i1)))
+            self._runs = runs
+        return self._runs
+
+
+def read_segment(path: str | os.PathLike, load_index: bool = True) -> DerivationSegment:
+    """Open and validate a derivation file.
+
+    Raises
+    ------
+    earmark.errors.IndexError_
+        Missing, truncated, foreign, newer-version or other-embedding file.
+    """
+    import faiss
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+    except OSError as e:
+        raise IndexError_(f"derivation file {path.name} is unreadable: {e.strerror or e}") from None
+    if len(head) < _HEADER.size:
+        raise IndexError_(f"derivation file {path.name} is truncated")
+    magic, version, embed_version, dim, kind, n, blob_len = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise IndexError_(f"{path.name} is not an Earmark derivation file")
+    if version > FORMAT_VERSION:
+        raise IndexError_(f"derivation file {path.name} was written by a newer Earmark; upgrade")
+    if embed_version != chroma.EMBED_VERSION or dim != chroma.DIM or kind not in (0, 1):
+        raise IndexError_(f"derivation file {path.name} has another embedding; re-index")
+    pos = _ALIGN
+    arrays = []
+    for count, dt, shape in ((n, "<i8", (n,)), (n, "<f4", (n,)), (n * dim, "<f2", (n, dim))):
+        nbytes = count * np.dtype(dt).itemsize
+        if pos + nbytes > size:
+            raise IndexError_(f"derivation file {path.name} is truncated")
+        arrays.append(np.memmap(path, dtype=dt, mode="r", offset=pos, shape=shape)
+                      if count else np.zeros(shape, dt))
+        pos = _aligned(pos + nbytes)
+    if pos + blob_len > size:
+        raise IndexError_(f"derivation file {path.name} is truncated")
+    index = None
+    if load_index:
+        if kind == KIND_IVFPQ and blob_len:
+            blob = np.fromfile(path, dtype=np.uint8, count=blob_len, offset=pos)
+            index = faiss.deserialize_index(blob)
+            index.nprobe = NPROBE
+        else:
+            index = faiss.IndexFlatIP(dim)
+            if n:
+                step = 500_000
+                for i in range(0, n, step):
+                    index.add(np.ascontiguousarray(arrays[2][i:i + step], dtype=np.float32))
+    return DerivationSegment(name=path.name, kind=int(kind), track=arrays[0], start=arrays[1],
+                             vectors=arrays[2], index=index, nbytes=int(size))
+
+
+@dataclass
+class Neighbours:
+    """Flat list of (query variant, catalogue vector) pairs that passed the floor."""
+
+    variant: np.ndarray   # int64 index into the QueryEmbeddings
+    track: np.ndarray     # int64
+    start: np.ndarray     # float32 (reference seconds)
+    sim: np.ndarray       # float32 cosine
+
+
+class DerivationStore:
+    """The live derivation files of an index generation.
+
+    Open with :meth:`open`; cheap to re-open after each commit (flat files rebuild their
+    in-memory index, ~0.1 s per 100 000 vectors).
+    """
+
+    def __init__(self, segments: list[DerivationSegment], removed_track_ids: Iterable[int] = ()):
+        self.segments = segments
+        self.removed = frozenset(int(t) for t in removed_track_ids)
+        self._removed_arr = np.array(sorted(self.removed), dtype=np.int64)
+        n = 0
+        tracks: set[int] = set()
+        for s in segments:
+            t = np.asarray(s.track)
+            if self._removed_arr.size:
+                live = ~np.isin(t, self._removed_arr)
+                n += int(live.sum())
+                tracks.update(int(x) for x in np.unique(t[live]))
+            else:
+                n += s.n_vectors
+                tracks.update(int(x) for x in np.unique(t))
+        self.n_vectors = n
+        self.track_ids = frozenset(tracks)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, names: Iterable[str],
+             removed_track_ids: Iterable[int] = ()) -> "DerivationStore":
+        """Open the derivation files ``names`` in ``folder`` (as listed by the manifest),
+        hiding ``removed_track_ids``."""
+        folder = Path(folder)
+        return cls([read_segment(folder / n) for n in names], removed_track_ids)
+
+    def with_removed(self, removed_track_ids: Iterable[int]) -> "DerivationStore":
+        """The same files with another set of removed tracks (no re-reading)."""
+        return DerivationStore(self.segments, removed_track_ids)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.segments)
+
+    def track_vectors(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, float32 vectors)`` of one live track, by start time."""
+        if int(track_id) in self.removed:
+            return np.zeros(0, np.float32), np.zeros((0, chroma.DIM), np.float32)
+        st, ve = [], []
+        for seg in self.segments:
+            for i0, i1 in seg.runs().get(int(track_id), ()):
+                st.append(np.asarray(seg.start[i0:i1], np.float32))
+                ve.append(np.asarray(seg.vectors[i0:i1], np.float32))
+        if not st:
+            return np.zeros(0, np.float32), np.zeros((0, chroma.DIM), np.float32)
+        starts, vecs = np.concatenate(st), np.concatenate(ve)
+        o = np.argsort(starts, kind="stable")
+        return starts[o], vecs[o]
+
+    def search(self, vectors: np.ndarray, k: int = 10, min_similarity: float = 0.0
+               ) -> Neighbours:
+        """k nearest catalogue patches of every query vector (cosine), live tracks only."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        out_v, out_t, out_s, out_c = [], [], [], []
+        extra = 4 if self.removed else 0
+        for seg in self.segments:
+            if seg.n_vectors == 0 or vectors.shape[0] == 0:
+                continue
+            kk = min(k + extra, seg.n_vectors)
+            if seg.kind == KIND_IVFPQ:
+                kk_c = min(3 * kk, seg.n_vectors)
+                _, idx = seg.index.search(vectors, kk_c)
+                # exact re-scoring from the float16 vectors
+                valid = idx >= 0
+                rows = np.where(valid, idx, 0)
+                cand = np.asarray(seg.vectors[rows.ravel()], np.float32).reshape(
+                    rows.shape[0], rows.shape[1], -1)
+                sims = np.einsum("qkd,qd->qk", cand, vectors)
+                sims[~valid] = -2
+                order = np.argsort(-sims, axis=1)[:, :kk]
+                idx = np.take_along_axis(rows, order, 1)
+                sims = np.take_along_axis(sims, order, 1)
+                valid = np.take_along_axis(valid, order, 1)
+                sims[~valid] = -2
+            else:
+                sims, idx = seg.index.search(vectors, kk)
+            q = np.repeat(np.arange(vectors.shape[0]), idx.shape[1])
+            idx = idx.ravel()
+            sims = sims.ravel()
+            keep = (idx >= 0) & (sims >= min_similarity)
+            q, idx, sims = q[keep], idx[keep], sims[keep]
+            tr = np.asarray(seg.track)[idx]
+            if self._removed_arr.size:
+                live = ~np.isin(tr, self._removed_arr)
+                q, idx, sims, tr = q[live], idx[live], sims[live], tr[live]
+            out_v.append(q)
+            out_t.append(tr)
+            out_s.append(np.asarray(seg.start)[idx])
+            out_c.append(sims)
+        if not out_v:
+            z = np.zeros(0)
+            return Neighbours(z.astype(np.int64), z.astype(np.int64), z.astype(np.float32),
+                              z.astype(np.float32))
+        return Neighbours(np.concatenate(out_v), np.concatenate(out_t),
+                          np.concatenate(out_s).astype(np.float32),
+                          np.concatenate(out_c).astype(np.float32))
+
+
+def merge_segments(folder: str | os.PathLike, names: Iterable[str],
+                   removed_track_ids: Iterable[int], out_name: str) -> SegmentArrays:
+    """Rewrite several derivation files as one, physically dropping removed tracks.
+
+    Writes ``out_name`` atomically and returns its arrays; the caller commits it in the
+    manifest and then deletes the old files (like :meth:`Index.merge` does for hashes).
+    """
+    folder = Path(folder)
+    removed = np.array(sorted(int(t) for t in removed_track_ids), dtype=np.int64)
+    tr, st, ve = [], [], []
+    for n in names:
+        seg = read_segment(folder / n, load_index=False)
+        t = np.asarray(seg.track)
+        keep = ~np.isin(t, removed) if removed.size else np.ones(t.shape[0], bool)
+        tr.append(t[keep])
+        st.append(np.asarray(seg.start)[keep])
+        ve.append(np.asarray(seg.vectors)[keep])
+    if tr:
+        arrays = SegmentArrays(np.concatenate(tr), np.concatenate(st), np.concatenate(ve))
+    else:
+        arrays = build_segment([], [])
+    write_segment(folder, out_name, arrays)
+    return arrays
+
+
+# --------------------------------------------------------------------------- matching
+
+
+@dataclass(frozen=True)
+class DerivationConfig:
+    """Tunables of :func:`match_derivations` (defaults calibrated by ``fp bench derivation``).
+
+    Attributes
+    ----------
+    k_neighbours : int
+        Nearest catalogue patches retrieved per query variant (patch x tempo x key).
+    min_similarity : float
+        Cosine below which a neighbour does not vote.
+    min_votes : int
+        Distinct agreeing query patches a match needs, whatever its significance.
+    min_significance : float
+        ``-log10`` chance probability a match needs (see module docstring).
+    tempos : tuple of float
+        Tempo ratios searched (reference seconds per query second).
+    search_keys : bool
+        Search the 12 key shifts (else only the original key).
+    max_matches : int
+        At most this many derivation matches per query (best first).
+    patch_similarity : float
+        After refinement, an aligned patch counts towards the score when its cosine
+        with the catalogue patch reaches this.
+    min_contrast : float
+        Mean aligned cosine minus the background (the same query shifted by 1.5-7.5 s
+        against the same track) a flag needs: rejects static or generic material.
+    min_candidate_votes, max_candidates : int
+        Hypotheses refined per query: at most ``max_candidates`` tracks with at least
+        ``min_candidate_votes`` coarse votes.
+    """
+
+    k_neighbours: int = 10
+    min_similarity: float = 0.6
+    min_votes: int = 4
+    min_significance: float = DEFAULT_MIN_SIGNIFICANCE
+    tempos: tuple[float, ...] = chroma.TEMPO_RATIOS
+    search_keys: bool = True
+    max_matches: int = 5
+    patch_similarity: float = PATCH_SIMILARITY
+    min_candidate_votes: int = 3
+    max_candidates: int = 4
+    min_contrast: float = MIN_CONTRAST
+
+
+def _log10_binom_sf(m: float, n: float, p: float) -> float:
+    """log10 P[X >= m] for X ~ Binomial(n, p), continuous in m and n (regularised beta)."""
+    if m <= 0:
+        return 0.0
+    if m > n:
+        m = n
+    p = min(max(p, 1e-300), 1 - 1e-12)
+    # P[X >= m] = I_p(m, n - m + 1)
+    v = betainc(m, n - m + 1, p)
+    if v > 0:
+        return math.log10(v)
+    # underflow: leading term of the tail
+    lg = (gammaln(n + 1) - gammaln(m + 1) - gammaln(n - m + 1) + m * math.log(p)
+          + (n - m) * math.log1p(-p))
+    return lg / math.log(10)
+
+
+@dataclass
+class _Hypothesis:
+    track: int
+    key: int
+    tempo: float
+    offset: float
+    votes: int
+    sim_sum: float
+    q_times: np.ndarray
+    r_times: np.ndarray
+    significance: float = 0.0
+
+
+def vote(q: QueryEmbeddings, nb: Neighbours, cfg: DerivationConfig) -> list[_Hypothesis]:
+    """Aligned voting: the best hypotheses, one per track (see module docstring)."""
+    if nb.variant.size == 0:
+        return []
+    tempos = np.asarray(cfg.tempos, np.float64)
+    v = nb.variant
+    r = q.tempo[v].astype(np.float64)
+    t_idx = np.searchsorted(np.round(tempos, 4), np.round(r, 4))
+    t_idx = np.clip(t_idx, 0, len(tempos) - 1)
+    key = q.key[v].astype(np.int64) + 6           # 1..12
+    qs = q.q_start[v].astype(np.float64)
+    # compare patch centres: the centre of a query patch maps to the reference centre
+    q_c = qs + 0.5 * chroma.PATCH_SECONDS / r
+    r_c = nb.start.astype(np.float64) + 0.5 * chroma.PATCH_SECONDS
+    off = r_c - r * q_c
+    obin = np.floor(off / OFFSET_BIN).astype(np.int64) + 100_000
+    patch = q.patch[v].astype(np.int64)
+    # one vote per (hypothesis bin, patch): its best similarity; spread to +-1 bin
+    hyp_base = ((nb.track.astype(np.int64) * 13 + key) * 16 + t_idx)
+    rows = []
+    for d in (-1, 0, 1):
+        rows.append(np.stack([hyp_base, obin + d, patch, np.arange(v.shape[0])], axis=1))
+    allv = np.concatenate(rows)
+    sims = np.tile(nb.sim, 3)
+    order = np.lexsort((-sims, allv[:, 2], allv[:, 1], allv[:, 0]))
+    allv, sims = allv[order], sims[order]
+    first = np.ones(allv.shape[0], bool)
+    first[1:] = np.any(allv[1:, :3] != allv[:-1, :3], axis=1)
+    allv, sims = allv[first], sims[first]
+    # per (hyp, bin): count, sim sum
+    hb = allv[:, :2]
+    brk = np.ones(hb.shape[0], bool)
+    brk[1:] = np.any(hb[1:] != hb[:-1], axis=1)
+    starts = np.flatnonzero(brk)
+    counts = np.diff(np.append(starts, hb.shape[0]))
+    simsum = np.add.reduceat(sims, starts)
+    score = counts + 1e-3 * simsum
+    # best bin per track
+    trk = hb[starts, 0] // (13 * 16)
+    order = np.lexsort((-score, trk))
+    best_first = np.ones(order.shape[0], bool)
+    best_first[1:] = trk[order][1:] != trk[order][:-1]
+    out = []
+    for gi in order[best_first]:
+        if counts[gi] < 2:
+            continue
+        s0 = starts[gi]
+        members = allv[s0:s0 + counts[gi], 3]
+        hyp = int(hb[s0, 0])
+        t_i = hyp % 16
+        k_i = (hyp // 16) % 13
+        out.append(_Hypothesis(
+            track=int(hyp // (13 * 16)), key=int(k_i - 6), tempo=float(tempos[t_i]),
+            offset=float((hb[s0, 1] - 100_000) * OFFSET_BIN), votes=int(counts[gi]),
+            sim_sum=float(simsum[gi]), q_times=q_c[members], r_times=r_c[members]))
+    return out
+
+
+def significance(m: int, n: int, n_vectors: int, n_keys: int = 12, n_tempos: int = 7) -> float:
+    """``-log10`` of the chance that any alignment in the catalogue reaches ``m`` of ``n``
+    aligned patches at cosine ``>= PATCH_SIMILARITY`` (see module docstring)."""
+    if m <= 0 or n <= 0:
+        return 0.0
+    alignments = n_keys * n_tempos * max(n_vectors, 1)
+    c = CORRELATION
+    lg = _log10_binom_sf(m / c, max(n, m) / c, CHANCE_PATCH_P)
+    return float(max(0.0, -(math.log10(alignments) + lg)))
+
+
+@dataclass
+class _Refined:
+    tempo: float
+    offset: float          # reference patch start at query time 0
+    q_start: np.ndarray    # query patch starts
+    r_start: np.ndarray    # reference patch starts
+    sims: np.ndarray
+    background: float = 0.0  # median mean-cosine of the same query at other offsets
+
+
+def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
+           tempo_span: float = 0.15, tempo_steps: int = 21, offset_span: float = 1.5,
+           offset_step: float = 0.25) -> _Refined | None:
+    """Fine search of tempo and offset for one hypothesis, against the track's own vectors.
+
+    For tempo ``r`` and offset ``b`` the catalogue patch starting at ``t`` is compared with
+    the query patch starting at ``(t - b) / r`` and spanning ``PATCH_SECONDS / r``; the
+    (r, b) with the highest mean cosine (over the patches a full-length alignment has)
+    wins.  Coarse votes tolerate about +-5 % of tempo and +-1.5 s; this recovers tempo
+    to about 1.5 % and the offset to 0.25 s.  One vectorised pass: ~13 x 13 x 15 patches.
+    """
+    starts, vecs = store.track_vectors(h.track)
+    if starts.size == 0:
+        return None
+    sampler = q.sampler if getattr(q, "sampler", None) is not None else chroma.PatchSampler(q.chroma)
+    W = chroma.PATCH_SECONDS
+    dur = q.duration
+    tempos = h.tempo * np.exp(np.linspace(-tempo_span, tempo_span, tempo_steps))
+    # the patch-centre offset of the votes equals the patch-start offset t - r qs
+    offs = h.offset + 0.5 * OFFSET_BIN + np.arange(-offset_span, offset_span + 1e-9, offset_step)
+    R = tempos[:, None, None]
+    qs = (starts[None, None, :] - offs[None, :, None]) / R        # (T, O, n_ref)
+    ok = (qs >= -0.05) & (qs + W / R <= dur + 0.05)
+    if not ok.any():
+        return None
+    ti, oi, ri = np.nonzero(ok)
+    qv, valid = chroma.patches_at(sampler, np.clip(qs[ti, oi, ri], 0, None), tempos[ti], h.key)
+    sims = np.where(valid, np.einsum("md,md->m", qv, vecs[ri]), 0.0)
+    cell = ti * offs.size + oi
+    n_cells = tempos.size * offs.size
+    tot = np.bincount(cell, weights=sims, minlength=n_cells)
+    cnt = np.bincount(cell, minlength=n_cells)
+    n_full = (dur - W / tempos) * tempos / chroma.INDEX_HOP_SECONDS + 1     # per tempo
+    denom = np.maximum(cnt, 0.8 * np.repeat(np.maximum(n_full, 1.0), offs.size))
+    score = tot / denom
+    j = int(np.argmax(score))
+    m = cell == j
+    r_best, off_best = float(tempos[j // offs.size]), float(offs[j % offs.size])
+    return _Refined(tempo=r_best, offset=off_best,
+                    q_start=qs[ti[m], oi[m], ri[m]].astype(np.float64),
+                    r_start=starts[ri[m]].astype(np.float64), sims=sims[m].astype(np.float64),
+                    background=_background(sampler, dur, starts, vecs, r_best, off_best, h.key))
+
+
+def _background(sampler, dur: float, starts: np.ndarray, vecs: np.ndarray, r: float,
+                off_best: float, key: int) -> float:
+    """Median, over nearby misalignments of the query with the same track (same tempo and
+    key, offsets shifted by ``BACKGROUND_SHIFTS`` seconds), of the mean patch cosine.
+    Static or generic material (one chord held, a drone, a loop of a common progression)
+    matches just as well when shifted by a few seconds; a derivation's harmony and melody
+    move, so it matches at its own alignment only."""
+    W = chroma.PATCH_SECONDS
+    offs = off_best + np.asarray(BACKGROUND_SHIFTS)
+    if offs.size == 0:
+        return 0.0
+    qs = (starts[None, :] - offs[:, None]) / r
+    ok = (qs >= -0.05) & (qs + W / r <= dur + 0.05)
+    oi, ri = np.nonzero(ok)
+    if oi.size == 0:
+        return 0.0
+    qv, valid = chroma.patches_at(sampler, np.clip(qs[oi, ri], 0, None), r, key)
+    sims = np.where(valid, np.einsum("md,md->m", qv, vecs[ri]), 0.0)
+    cnt = np.bincount(oi, minlength=offs.size)
+    tot = np.bincount(oi, weights=sims, minlength=offs.size)
+    full = cnt >= 0.5 * cnt.max()
+    return float(np.median(tot[full] / cnt[full])) if full.any() else 0.0
+
+
+def match_derivations(store: DerivationStore, y: np.ndarray | None, sr: int,
+                      references: Callable[[int], Reference] | Mapping[int, Reference] | None = None,
+                      config: DerivationConfig | None = None,
+                      query: QueryEmbeddings | None = None) -> list[Match]:
+    """Derivation matches of a query (mono samples at any rate), best first.
+
+    Parameters
+    ----------
+    store : DerivationStore
+    y, sr : query audio (``y`` may be ``None`` when ``query`` is given).
+    references : callable or mapping
+        ``track_id -> Reference``; missing ids get a placeholder reference.
+    config : DerivationConfig
+    query : QueryEmbeddings, optional
+        Precomputed :func:`earmark.fingerprint.chroma.query_embeddings`.
+
+    Returns
+    -------
+    list of Match
+        ``kind="derivation"``; ``score`` = aligned query patches whose cosine reaches
+        ``patch_similarity``; ``speed`` = tempo ratio (reference seconds per query
+        second); ``pitch_semitones`` = key shift (integer semitones, query minus
+        reference); ``alignment`` = (query, reference) patch centres.
+    """
+    cfg = config or DerivationConfig()
+    return [m for m, contrast in _candidates(store, y, sr, references, cfg, query)
+            if is_flag(m, contrast, cfg)][: cfg.max_matches]
+
+
+def is_flag(m: Match, contrast: float, cfg: DerivationConfig) -> bool:
+    """The decision rule: significance, agreeing patches and contrast all reach the config."""
+    return (m.significance >= cfg.min_significance and m.score >= cfg.min_votes
+            and contrast >= cfg.min_contrast)
+
+
+def _candidates(store, y, sr, references, cfg: DerivationConfig, query
+                ) -> list[tuple[Match, float]]:
+    """All refined candidates with their significance and contrast (no threshold), best
+    first."""
+    if query is None:
+        query = chroma.query_embeddings(y, sr, tempos=cfg.tempos, keys=cfg.search_keys)
+    if query.vectors.shape[0] == 0 or store.n_vectors == 0:
+        return []
+    nb = store.search(query.vectors, cfg.k_neighbours, cfg.min_similarity)
+    hyps = vote(query, nb, cfg)
+    hyps = [h for h in hyps if h.votes >= cfg.min_candidate_votes]
+    hyps.sort(key=lambda h: (-h.votes, -h.sim_sum, h.track))
+    hyps = hyps[: cfg.max_candidates]
+    n_keys = 12 if cfg.search_keys else 1
+    n_tempos = len(cfg.tempos)
+    out = []
+    for h in hyps:
+        rf = refine(query, store, h)
+        if rf is None or rf.sims.size == 0:
+            continue
+        good = rf.sims >= cfg.patch_similarity
+        m = int(good.sum())
+        n = int(rf.sims.size)
+        sig = significance(m, n, store.n_vectors, n_keys, n_tempos)
+        contrast = float(rf.sims.mean() - rf.background)
+        out.append((sig, m, h, rf, good, contrast))
+    out.sort(key=lambda x: (-(x[5] >= cfg.min_contrast), -x[0], -x[1], x[2].track))
+    matches = []
+    W = chroma.PATCH_SECONDS
+    for sig, m, h, rf, good, contrast in out:
+        ref = None
+        if references is not None:
+            ref = references.get(h.track) if isinstance(references, Mapping) else references(h.track)
+        if ref is None:
+            ref = Reference(track_id=h.track, path=f"<track {h.track}>")
+        sel = good if good.any() else np.ones(good.shape, bool)
+        qs, rs = rf.q_start[sel], rf.r_start[sel]
+        q0 = max(0.0, float(qs.min()))
+        q1 = min(query.duration, float(qs.max()) + W / rf.tempo)
+        r0 = float(rs.min())
+        r1 = float(rs.max()) + W
+        order = np.argsort(qs)
+        matches.append((Match(
+            reference=ref, score=m, significance=round(sig, 2),
+            query_start=round(q0, 3), query_end=round(q1, 3),
+            reference_start=round(r0, 3), reference_end=round(r1, 3),
+            coverage=round((q1 - q0) / query.duration, 4) if query.duration else 0.0,
+            speed=round(rf.tempo, 4), pitch_semitones=float(h.key), kind="derivation",
+            alignment=tuple((round(float(a + 0.5 * W / rf.tempo), 3), round(float(b + 0.5 * W), 3))
+                            for a, b in zip(qs[order], rs[order]))), contrast))
+    return matches

@@ -1,0 +1,155 @@
+"""Derivation tier: chroma embeddings, the FAISS store, aligned voting (issue #6)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from earmark.bench import derivation as bench
+from earmark.errors import IndexError_
+from earmark.evidence import Reference
+from earmark.fingerprint import chroma
+from earmark.index import derivation as drv
+
+SR = bench.SR
+N_TRACKS = 6
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    """Six seeded pieces rendered with their catalogue instruments."""
+    comps = [bench.compose(100 + i, 45.0) for i in range(N_TRACKS)]
+    insts = [bench.instrument_set(100 + i) for i in range(N_TRACKS)]
+    audio = [bench.render(c, ins) for c, ins in zip(comps, insts)]
+    embs = [chroma.embed_audio(y, SR) for y in audio]
+    return comps, insts, embs
+
+
+@pytest.fixture()
+def store_dir(tmp_path, catalogue):
+    _, _, embs = catalogue
+    arrays = drv.build_segment([10 + i for i in range(N_TRACKS)], embs)
+    drv.write_segment(tmp_path, "seg-000001.drv", arrays)
+    return tmp_path
+
+
+def _derived_query(catalogue, i: int, transpose: int = 2, tempo: float = 0.9) -> np.ndarray:
+    comps, insts, _ = catalogue
+    other = bench.instrument_set(100 + i + 17, avoid=(insts[i]["melody"], insts[i]["chords"],
+                                                      insts[i]["bass"]))
+    return bench.render(comps[i], other, transpose=transpose, tempo=tempo, start=8.0, seconds=20.0)
+
+
+def test_embeddings_shape_and_norm(catalogue):
+    _, _, embs = catalogue
+    e = embs[0]
+    assert e.vectors.dtype == np.float32 and e.vectors.shape[1] == chroma.DIM
+    assert len(e) >= 35
+    np.testing.assert_allclose(np.linalg.norm(e.vectors, axis=1), 1.0, atol=1e-4)
+    assert np.all(np.diff(e.starts) > 0)
+    # silence has no embeddings
+    assert len(chroma.embed_audio(np.zeros(SR * 20, np.float32), SR)) == 0
+
+
+def test_rerendered_transposed_slowed_is_flagged(store_dir, catalogue):
+    store = drv.DerivationStore.open(store_dir, ["seg-000001.drv"])
+    refs = {10 + i: Reference(track_id=10 + i, path=f"piece{i}.wav") for i in range(N_TRACKS)}
+    y = _derived_query(catalogue, 3, transpose=2, tempo=0.9)
+    matches = drv.match_derivations(store, y, SR, refs)
+    assert matches, "derivation not flagged"
+    m = matches[0]
+    assert m.kind == "derivation"
+    assert m.reference.track_id == 13 and m.reference.path == "piece3.wav"
+    assert m.pitch_semitones == 2
+    assert abs(m.speed - 0.9) <= 0.03          # reference seconds per query second
+    assert m.significance >= drv.DEFAULT_MIN_SIGNIFICANCE
+    assert m.score >= 8 and len(m.alignment) == m.score
+    # query starts 8 s into the slowed rendition = 7.2 s into the piece
+    assert abs(m.reference_start - 7.2) <= 2.5
+    assert all(x.reference.track_id == 13 for x in matches)
+
+
+def test_unrelated_composition_not_flagged(store_dir):
+    store = drv.DerivationStore.open(store_dir, ["seg-000001.drv"])
+    comp = bench.compose(987_654, 30.0)
+    y = bench.render(comp, bench.instrument_set(5), transpose=1, seconds=20.0)
+    assert drv.match_derivations(store, y, SR) == []
+    # noise and silence neither
+    rng = np.random.default_rng(0)
+    assert drv.match_derivations(store, 0.1 * rng.standard_normal(SR * 20).astype(np.float32), SR) == []
+    assert drv.match_derivations(store, np.zeros(SR * 20, np.float32), SR) == []
+
+
+def test_removed_track_has_no_derivation_matches(store_dir, catalogue, tmp_path):
+    y = _derived_query(catalogue, 1, transpose=-1, tempo=1.1)
+    store = drv.DerivationStore.open(store_dir, ["seg-000001.drv"])
+    assert [m.reference.track_id for m in drv.match_derivations(store, y, SR)][:1] == [11]
+    gone = drv.DerivationStore.open(store_dir, ["seg-000001.drv"], removed_track_ids=[11])
+    assert all(m.reference.track_id != 11 for m in drv.match_derivations(gone, y, SR))
+    assert gone.n_vectors < store.n_vectors and 11 not in gone.track_ids
+    # merge drops it physically
+    merged = drv.merge_segments(store_dir, ["seg-000001.drv"], [11], "seg-000002.drv")
+    assert 11 not in merged.track_ids()
+    m2 = drv.DerivationStore.open(store_dir, ["seg-000002.drv"])
+    assert m2.n_vectors == gone.n_vectors
+    assert all(m.reference.track_id != 11 for m in drv.match_derivations(m2, y, SR))
+
+
+def test_write_open_round_trip(tmp_path, catalogue):
+    _, _, embs = catalogue
+    arrays = drv.build_segment([7, 8], embs[:2])
+    n_bytes = drv.write_segment(tmp_path, "a.drv", arrays)
+    assert n_bytes == (tmp_path / "a.drv").stat().st_size
+    seg = drv.read_segment(tmp_path / "a.drv")
+    np.testing.assert_array_equal(np.asarray(seg.track), arrays.track)
+    np.testing.assert_array_equal(np.asarray(seg.start), arrays.start)
+    np.testing.assert_array_equal(np.asarray(seg.vectors), arrays.vectors)
+    assert seg.kind == drv.KIND_FLAT
+    store = drv.DerivationStore([seg])
+    starts, vecs = store.track_vectors(8)
+    np.testing.assert_allclose(vecs, embs[1].vectors, atol=2e-3)
+    # exact self-search: every vector finds itself
+    nb = store.search(np.asarray(seg.vectors, np.float32)[:20], k=1)
+    np.testing.assert_array_equal(nb.track, arrays.track[:20])
+    # the IVF-PQ kind round-trips too (forced on a small file)
+    big = drv.SegmentArrays(np.repeat(arrays.track, 4), np.tile(arrays.start, 4),
+                            np.tile(arrays.vectors, (4, 1)))
+    drv.write_segment(tmp_path, "b.drv", big, kind=drv.KIND_IVFPQ)
+    seg_b = drv.read_segment(tmp_path / "b.drv")
+    assert seg_b.kind == drv.KIND_IVFPQ
+    nb = drv.DerivationStore([seg_b]).search(np.asarray(seg.vectors, np.float32)[:10], k=1)
+    assert (nb.sim > 0.99).all()
+    # corrupt and foreign files are refused with a one-line error
+    (tmp_path / "c.drv").write_bytes((tmp_path / "a.drv").read_bytes()[:100])
+    with pytest.raises(IndexError_):
+        drv.read_segment(tmp_path / "c.drv")
+    (tmp_path / "d.drv").write_bytes(b"not an index at all" * 10)
+    with pytest.raises(IndexError_):
+        drv.read_segment(tmp_path / "d.drv")
+
+
+def test_crash_mid_write_keeps_previous_file(tmp_path, catalogue, monkeypatch):
+    _, _, embs = catalogue
+    drv.write_segment(tmp_path, "seg-000001.drv", drv.build_segment([1], embs[:1]))
+    before = (tmp_path / "seg-000001.drv").read_bytes()
+
+    real_replace = os.replace
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        drv.write_segment(tmp_path, "seg-000001.drv", drv.build_segment([1, 2], embs[:2]))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (tmp_path / "seg-000001.drv").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    store = drv.DerivationStore.open(tmp_path, ["seg-000001.drv"])
+    assert store.track_ids == {1}
+
+
+def test_segment_file_name():
+    assert drv.segment_file_name("seg-000007.emk") == "seg-000007.drv"
