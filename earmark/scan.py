@@ -32,6 +32,9 @@ The report folder
     (starting with ``= + - @``) are prefixed with ``'``.
 ``report.html``
     One self-contained static page (see :mod:`earmark.report_html`).
+``scan.json``
+    The index and match settings the folder was scanned with; resuming with different ones
+    warns (:class:`SettingsChangedWarning`): files already done keep their results.
 
 ``summary.csv`` and ``report.html`` are regenerated from the two journals at the end of every
 run (also an interrupted one), so a resumed run reports everything.
@@ -89,6 +92,7 @@ ERRORS = "errors.jsonl"
 SUMMARY = "summary.csv"
 REPORT = "report.html"
 LOCK = ".scan.lock"
+SETTINGS = "scan.json"
 
 #: Inputs with these suffixes (besides ``@file``) are read as lists of paths, one per line.
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
@@ -96,6 +100,7 @@ LIST_SUFFIXES = frozenset({".txt", ".lst"})
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
 
 __all__ = ["scan", "run_scan", "ScanResult", "ScanSummary", "ScanProgress", "ScanItem",
+           "SettingsChangedWarning",
            "expand_inputs", "read_manifest", "load_records", "summarize", "write_reports",
            "scan_cmd"]
 
@@ -693,6 +698,33 @@ def _lock(out: Path) -> int:
     return fd
 
 
+class SettingsChangedWarning(UserWarning):
+    """A report folder is resumed with another index or other match settings: files already
+    done keep their earlier results."""
+
+
+def _check_settings(out: Path, idx: Any, mcfg: Any) -> None:
+    """Record the index and match settings of a report folder (``scan.json``); warn when a
+    resumed run uses different ones."""
+    import dataclasses
+    import warnings
+
+    now = {"index": os.path.abspath(idx.path), "match_config": dataclasses.asdict(mcfg)}
+    path = out / SETTINGS
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    if isinstance(before, dict) and before != now:
+        changed = [k for k in ("index", "match_config") if before.get(k) != now[k]]
+        warnings.warn(f"{out} was started with a different {' and '.join(changed).replace('_', ' ')}"
+                      f"; files already done keep their earlier results (use a new --out "
+                      f"to scan everything with the new settings)", SettingsChangedWarning,
+                      stacklevel=3)
+    if before != now:
+        _atomic_write(path, (json.dumps(now, indent=1) + "\n").encode("utf-8"))
+
+
 def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike, *,
          index: Any = None, jobs: int = 1, manifest: str | os.PathLike | None = None,
          mcfg: Any = None, progress: Callable[[ScanProgress], None] | None = None,
@@ -766,6 +798,7 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
     journals: list[_Journal] = []
     pool = None
     try:
+        _check_settings(out, idx, mcfg)
         input_paths = {it.path for it in todo}
         if retry_errors and errors_path.exists():
             kept = [rec for _, rec in _iter_journal(errors_path, repair=True)
@@ -1128,6 +1161,13 @@ def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance
     summary = None
     any_flagged = False
     n_ok = n = 0
+    import warnings
+
+    def show_warning(message, category, *_args, **_kwargs):
+        bar.console.print(f"fp: warning: {message}", markup=False, highlight=False,
+                          soft_wrap=True)
+
+    warnings.showwarning = show_warning
     try:
         with bar:
             while True:

@@ -264,6 +264,11 @@ def test_rerun_resumes_copies_duplicates_and_keeps_errors_final(env, scanned, tm
     src = scanned["in"]
     results = list(scan([src], out, index=env["index"], mcfg=MCFG, jobs=1))
     assert {r.status for r in results} == {"resumed"}
+    from earmark.scan import SettingsChangedWarning
+
+    with pytest.warns(SettingsChangedWarning, match="match config"):
+        assert {r.status for r in scan([src], out, index=env["index"], jobs=1,
+                                       mcfg=MATCH_PRESETS["fast"])} == {"resumed"}
     assert ((out / RESULTS).read_bytes(), (out / ERRORS).read_bytes()) == before
     assert [r.flagged for r in sorted(results, key=lambda r: r.path)] == \
         [r.flagged for r in sorted(scanned["results"], key=lambda r: r.path)]
@@ -271,7 +276,8 @@ def test_rerun_resumes_copies_duplicates_and_keeps_errors_final(env, scanned, tm
     # Same content under a new name: evidence copied, not analysed again.
     dup = tmp_path / "dup_of_m0.wav"
     shutil.copy(src / "m0.wav", dup)
-    [r] = list(scan([dup], out, index=env["index"], mcfg=MCFG))
+    with pytest.warns(SettingsChangedWarning):  # back to MCFG after the fast run
+        [r] = list(scan([dup], out, index=env["index"], mcfg=MCFG))
     assert r.status == "duplicate" and r.flagged
     orig = next(x for x in _lines(out / RESULTS) if x["query"].endswith("/m0.wav"))
     assert r.record["matches"] == orig["matches"] and r.record["query"] == str(dup)
