@@ -5,8 +5,8 @@ is played (pitch classes over time), not how it sounds.  A re-performance with o
 instruments, in another key or at another tempo changes every spectral peak but keeps the
 sequence of harmonies and the melody; that sequence is what we embed.
 
-Pipeline (all numpy, no state, ~0.5 % of real time per track; see ``embed_audio``)
------------------------------------------------------------------------------------
+Pipeline (all numpy, no state, ~0.06 % of real time per track; see ``embed_audio``)
+------------------------------------------------------------------------------------
 1. **Pitchgram.**  Mono audio at ``SR = 8000`` Hz (the index decode rate, so the catalogue
    side needs no second decode), STFT with a 256 ms Hann window every ``FRAME_SECONDS =
    0.1`` s; power is pooled into 60 semitone bands (MIDI 36-95, 65 Hz-1.98 kHz) with
@@ -28,11 +28,12 @@ Pipeline (all numpy, no state, ~0.5 % of real time per track; see ``embed_audio`
 
 Query side: tempo and key
 -------------------------
-The catalogue is embedded once, at its own tempo and key.  A query is embedded at
-several tempo ratios ``TEMPO_RATIOS`` (0.8 ... 1.25, a geometric grid about 7 % apart;
-a patch tolerates about +-4 % of tempo error because its 0.75 s blocks drift by less than
-a quarter block over the patch): for ratio ``r`` (reference seconds per query second) a
-query patch spans ``PATCH_SECONDS / r`` query seconds, averaged into the same 8 blocks.
+The catalogue is embedded once, at its own tempo and key.  A query is embedded every
+``QUERY_HOP_SECONDS = 2`` s at tempo ratios ``TEMPO_RATIOS`` (0.83 ... 1.2, a geometric
+grid about 10 % apart; a patch tolerates about +-5 % of tempo error because its 0.75 s
+blocks drift by less than half a block over the patch, and the matcher then refines the
+tempo to ~1.5 %): for ratio ``r`` (reference seconds per query second) a query patch
+spans ``PATCH_SECONDS / r`` query seconds, averaged into the same 8 blocks.
 Each query patch is then rolled through the 12 pitch-class rotations; the rotation that
 matches gives the key shift.  Tempo and key are thus searched on the small query side and
 the index stays one vector per catalogue second.
@@ -288,7 +289,7 @@ def embed_chroma(chroma: np.ndarray, hop_seconds: float = INDEX_HOP_SECONDS
 def embed_audio(y: np.ndarray, sr: int) -> SegmentEmbeddings:
     """Catalogue-side segment embeddings of one track (mono samples at any rate).
 
-    About 0.5 % of real time on one core at 8 kHz input (plus resampling when ``sr`` is
+    About 0.06 % of real time on one core at 8 kHz input (plus resampling when ``sr`` is
     not 8000).  The output holds only numpy arrays.
     """
     return embed_chroma(chroma_frames(y, sr))
