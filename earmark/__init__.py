@@ -33,6 +33,8 @@ __all__ = ["Index", "Match", "QueryResult", "Reference", "FingerprintConfig", "M
            "MetadataError", "default_index_path", "open_index"]
 
 
-def open_index(path=None) -> "Index":
+def open_index(path=None):
     """Open an index read-only (``$FP_INDEX`` or the default location when ``path`` is None)."""
+    from earmark.index.catalogue import Index
+
     return Index.open(path)

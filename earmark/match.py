@@ -69,6 +69,10 @@ PREFILTER_FRACTION = 0.5
 #: Alignments of one track refined per query (a track used several times in one query,
 #: or repeated sections of the reference that align with the same query segment).
 MAX_ALIGNMENTS_PER_TRACK = 4
+#: Recordings whose best vote counts form the per-query background (see track_contrast).
+CONTRAST_BACKGROUND = 5
+#: Recordings under the candidate threshold (``min_score``) count as this fraction of it.
+CONTRAST_FLOOR_FRACTION = 0.7
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -389,6 +393,27 @@ class _Evidence:
     q_frames: np.ndarray
     ref_frames: np.ndarray
     q_end_frames: np.ndarray
+    contrast: float = math.inf
+
+
+def track_contrast(track_best: dict[int, int], track: int, score: int, floor: float,
+                   n_background: int = CONTRAST_BACKGROUND) -> float:
+    """How far ``score`` stands above what *other* recordings reach in the same query.
+
+    Structured music breaks any independence-based chance model: two songs in one style
+    (same chords, same beat grid, same sounds) align in places under some speed/pitch
+    hypothesis.  Such coincidences are not specific - many recordings reach similar
+    vote counts - while a real use of a recording stands out.  The background is the
+    median of the best vote counts of the ``n_background`` strongest *other* recordings
+    (recordings below the candidate threshold count as ``floor``), so a query that uses
+    two recordings still reports both.
+
+    >>> track_contrast({1: 90, 2: 12, 3: 10}, 1, 90, floor=4.0)
+    22.5
+    """
+    others = sorted((v for t, v in track_best.items() if t != track), reverse=True)
+    others = (others + [floor] * n_background)[:n_background]
+    return score / max(float(np.median(others)), floor)
 
 
 def poisson_log10_sf(k: int, mu: float) -> float:
@@ -497,6 +522,13 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     for si, hs, ch, ct, cb, cs, visits in outputs:
         visits_total[hs] += visits
         cand_parts.append(np.stack([cs, hs[ch], ct, cb, np.full_like(cs, si)], axis=1))
+    all_cands = np.concatenate(cand_parts) if cand_parts else np.zeros((0, 5), np.int64)
+    track_best: dict[int, int] = {}
+    if all_cands.shape[0]:
+        order_t = np.lexsort((-all_cands[:, 0], all_cands[:, 2]))
+        tracks_sorted = all_cands[order_t, 2]
+        first = np.concatenate([[True], tracks_sorted[1:] != tracks_sorted[:-1]])
+        track_best = {int(t): int(v) for t, v in zip(tracks_sorted[first], all_cands[order_t, 0][first])}
     cands = np.concatenate(cand_parts) if cand_parts else np.zeros((0, 5), np.int64)
     if cands.shape[0] == 0:
         return []
@@ -570,27 +602,37 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
                                      query_frames, track_frames.get(track, total_frames),
                                      total_frames, tol_final, n_h)
         tried.append((b, slope))
+        contrast = track_contrast(track_best, track, score0,
+                                  floor=CONTRAST_FLOOR_FRACTION * mcfg.min_score)
         found.append(_Evidence(track=track, segment=si, score=score, significance=significance,
+                               contrast=contrast,
                                speed=slope, pitch=pitch, line_b=b, q_frames=x,
                                ref_frames=ref_f, q_end_frames=x + query.dt[q_idx]))
-    return _suppress_overlaps(found)
+    return _suppress_overlaps(found, mcfg.shadow_ratio)
 
 
-def _suppress_overlaps(found: list[_Evidence]) -> list[_Evidence]:
-    """Keep, per track, only evidence whose query segments do not mostly overlap a
-    stronger one (a repeated chorus in the reference is one use, not two)."""
+def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float) -> list[_Evidence]:
+    """Drop evidence that a stronger match already explains.
+
+    * Same track, query segments mostly overlapping: a repeated section of the reference
+      aligning with the same query segment is one use, not two.
+    * Another track over mostly the same query segment with less than ``shadow_ratio``
+      of the stronger match's score: a chance alignment riding on audio that is already
+      accounted for (a genuinely layered second recording scores comparably).
+    """
     found.sort(key=lambda e: (-e.score, e.track))
     kept: list[_Evidence] = []
     for e in found:
         lo, hi = float(e.q_frames.min()), float(e.q_end_frames.max())
         clash = False
         for k in kept:
-            if k.track != e.track:
-                continue
             klo, khi = float(k.q_frames.min()), float(k.q_end_frames.max())
             overlap = min(hi, khi) - max(lo, klo)
-            if overlap > 0.5 * min(hi - lo, khi - klo):
-                clash = True
+            if k.track == e.track:
+                clash = overlap > 0.5 * min(hi - lo, khi - klo)
+            else:
+                clash = overlap > 0.5 * (hi - lo) and e.score < shadow_ratio * k.score
+            if clash:
                 break
         if not clash:
             kept.append(e)

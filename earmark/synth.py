@@ -69,9 +69,16 @@ def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050) -> np.ndarray:
     snare_decay = rng.uniform(0.02, 0.08)
     swing = rng.uniform(0.0, 0.15)
     melody_rate = int(rng.integers(2, 4))  # notes per beat
+    # A performance, not a grid: each piece has its own tuning (A4 = 440 Hz +- 40 cents)
+    # and each note its own timing (+- 12 ms) and level, as recordings do.
+    tuning_cents = rng.uniform(-40, 40)
+    jitter = int(0.012 * sr)
+
+    def at(sample: int) -> int:
+        return max(0, sample + int(rng.integers(-jitter, jitter + 1)))
 
     def hz(midi: float) -> float:
-        return 440.0 * 2 ** ((midi - 69) / 12)
+        return 440.0 * 2 ** ((midi - 69 + tuning_cents / 100) / 12)
 
     n_beats = n // beat + 1
     for b in range(n_beats):
@@ -81,8 +88,9 @@ def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050) -> np.ndarray:
             for third in (0, 2, 4):
                 d = degree + third
                 midi = tonic + 12 + _MAJOR[d % 7] + 12 * (d // 7)
-                _add(y, _note(hz(midi), 2 * beat, sr, 6, 0.6, brightness + 0.4, pad_profile), start, 0.12)
-            _add(y, _note(hz(tonic - 12 + _MAJOR[degree]), beat, sr, 4, 0.3, 1.0), start, 0.3)
+                _add(y, _note(hz(midi), 2 * beat, sr, 6, 0.6, brightness + 0.4, pad_profile),
+                     at(start), 0.12 * rng.uniform(0.7, 1.0))
+            _add(y, _note(hz(tonic - 12 + _MAJOR[degree]), beat, sr, 4, 0.3, 1.0), at(start), 0.3)
         for sub in range(melody_rate):  # melody, with rests and swing
             if rng.random() < 0.25:
                 continue
@@ -90,18 +98,18 @@ def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050) -> np.ndarray:
             midi = tonic + 24 + _MAJOR[d % 7] + 12 * (d // 7)
             offset = int(sub * beat / melody_rate + (swing * beat if sub % 2 else 0))
             _add(y, _note(hz(midi), beat, sr, 8, melody_decay, brightness, lead_profile),
-                 start + offset, 0.22)
+                 at(start + offset), 0.22 * rng.uniform(0.6, 1.0))
         # drums: kick on 1 and 3, snare on 2 and 4, hats every eighth
         t = np.arange(int(0.12 * sr)) / sr
         if b % 2 == 0:
             kick = np.sin(2 * np.pi * (kick_hz + 90 * np.exp(-t / 0.03)) * t) * np.exp(-t / 0.05)
-            _add(y, kick.astype(np.float32), start, 0.5)
+            _add(y, kick.astype(np.float32), at(start), 0.5)
         else:
             snare = rng.standard_normal(t.shape[0]) * np.exp(-t / snare_decay)
-            _add(y, snare.astype(np.float32), start, 0.15)
+            _add(y, snare.astype(np.float32), at(start), 0.15)
         for half in range(2):
             hat = np.diff(rng.standard_normal(int(0.03 * sr) + 1)) * np.exp(-np.arange(int(0.03 * sr)) / (0.008 * sr))
-            _add(y, hat.astype(np.float32), start + half * beat // 2, 0.05)
+            _add(y, hat.astype(np.float32), at(start + half * beat // 2), 0.05)
     y /= max(float(np.abs(y).max()), 1e-9) / 0.9
     return y.astype(np.float32)
 

@@ -151,6 +151,15 @@ class MatchConfig:
     max_gap_seconds : float
         Evidence is the densest run of aligned landmarks with no gap longer than this;
         a match's segment is that run.
+    min_contrast : float
+        A match's vote count must be at least this many times the background of the
+        same query: what the strongest *other* recordings reach (see
+        :func:`earmark.match.track_contrast`).  Rejects coincidences between recordings
+        of one style, which every recording of that style shares.
+    shadow_ratio : float
+        A match of another recording over mostly the same query segment as a stronger
+        match must reach this fraction of its score (else it is a coincidence riding on
+        audio that is already explained).
     threads : int
         Threads for the hypothesis search of one query (0 = one per core).  Batch
         scans with one worker process per core use 1.
@@ -166,11 +175,13 @@ class MatchConfig:
     search_pitch: bool = True
     offset_bin_frames: int = 4
     probe_margin: float = 0.2
-    min_score: int = 8
-    min_significance: float = 10.0
+    min_score: int = 10
+    min_significance: float = 20.0
     max_matches: int = 10
     inlier_seconds: float = 0.048
     max_gap_seconds: float = 2.5
+    min_contrast: float = 2.0
+    shadow_ratio: float = 0.25
     threads: int = 0
 
     def with_(self, **changes) -> "MatchConfig":

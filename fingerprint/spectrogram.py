@@ -13,8 +13,12 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft
 
-#: Power floor added before taking dB: digital silence maps to -100 dB.
-POWER_FLOOR = 1e-10
+#: Power floor, relative to each frame's strongest bin (-100 dB), added before taking dB.
+#: Relative, so that a gain change shifts every value equally (peaks are gain-invariant)
+#: and bins of digital silence sit at a fixed distance below the frame's content.
+RELATIVE_POWER_FLOOR = 1e-10
+#: Absolute floor for all-zero frames.
+ABSOLUTE_POWER_FLOOR = 1e-30
 
 
 @lru_cache(maxsize=8)
@@ -78,7 +82,7 @@ def log_spectrogram_frames(y_padded: np.ndarray, sr: int, n_fft: int, hop_length
     Returns
     -------
     np.ndarray, shape (n_frames, n_log_bins), float32
-        Power in dB (``10 log10``), floor -100 dB.
+        Power in dB (``10 log10``), floored 100 dB below each frame's strongest bin.
     """
     frames = frame_signal(np.ascontiguousarray(y_padded, dtype=np.float32), n_fft, hop_length)
     W = log_frequency_filterbank(sr, n_fft, fmin_hz, fmax_hz, bins_per_semitone)
@@ -87,7 +91,8 @@ def log_spectrogram_frames(y_padded: np.ndarray, sr: int, n_fft: int, hop_length
     spec = scipy.fft.rfft(frames * _window(n_fft), axis=1)
     power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
     log_power = power @ W
-    return (10.0 * np.log10(log_power + POWER_FLOOR)).astype(np.float32)
+    floor = log_power.max(axis=1, keepdims=True) * RELATIVE_POWER_FLOOR + ABSOLUTE_POWER_FLOOR
+    return (10.0 * np.log10(log_power + floor)).astype(np.float32)
 
 
 def log_spectrogram(y: np.ndarray, sr: int = 8000, n_fft: int = 1024, hop_length: int = 128,

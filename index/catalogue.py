@@ -311,7 +311,8 @@ class Index:
         t0 = time.perf_counter()
         found = search(QueryLandmarks.from_landmarks(lm), self._views, self.total_frames,
                        self._track_frames, self.config, mcfg)
-        found = [e for e in found if e.significance >= mcfg.min_significance]
+        found = [e for e in found if e.significance >= mcfg.min_significance
+                 and e.contrast >= mcfg.min_contrast]
         found.sort(key=lambda e: (-e.score, e.track))
         found = found[: mcfg.max_matches]
         refs = self.meta.get_many([e.track for e in found]) if found else {}
