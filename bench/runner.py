@@ -1011,7 +1011,7 @@ def _run(catalogue_dir, negatives_dir, out: Path, quick, seed, transforms, n_que
                    "negative_files": len(negatives),
                    "negative_seconds": sum(d for _, d in negatives)},
         "config": {"fingerprint": dataclasses.asdict(DEFAULT),
-                   "match_default": dataclasses.asdict(MatchConfig()),
+                   "match_default": dataclasses.asdict(MATCH_PRESETS["recording"]),
                    "match_fast": dataclasses.asdict(MATCH_PRESETS["fast"])},
     }
 
@@ -1078,7 +1078,7 @@ def _run(catalogue_dir, negatives_dir, out: Path, quick, seed, transforms, n_que
     }
 
     # ---------------------------------------------------------------- (c) matching
-    m_default = MatchConfig()
+    m_default = MATCH_PRESETS["recording"]  # the recording tier (derivation: fp bench derivation)
     m_fast = MATCH_PRESETS["fast"]
     warm = next((s for s in specs if s.kind == "positive"), specs[0])
     _match_all(idx, [warm], m_default, "warm-up", _null_progress)

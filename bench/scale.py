@@ -322,7 +322,7 @@ def run_scale(out_dir: str | os.PathLike, tracks: int = 100000,
         rng = np.random.default_rng([seed, 11])
         results = []
         current = n_real
-        m_default, m_fast = MatchConfig(), MATCH_PRESETS["fast"]
+        m_default, m_fast = MATCH_PRESETS["recording"], MATCH_PRESETS["fast"]
         for si, size in enumerate(sizes):
             t0 = time.perf_counter()
             add = size - current

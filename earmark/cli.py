@@ -144,14 +144,16 @@ def _print_table(result: QueryResult) -> None:
         return
     # Names come from files and metadata: escape rich markup.
     table = Table(title=escape(f"{result.query} ({result.duration:.1f} s)"), title_justify="left")
-    for col in ("#", "recording", "query", "reference", "speed", "pitch", "score", "signif."):
-        table.add_column(col, justify="right" if col not in ("recording",) else "left")
+    for col in ("#", "kind", "recording", "query", "reference", "speed", "pitch", "score",
+                "signif."):
+        table.add_column(col, justify="left" if col in ("kind", "recording") else "right")
     for i, m in enumerate(result.matches, 1):
         ref = m.reference
         name = ref.label()
         if ref.rights_holder:
             name += f" [{ref.rights_holder}]"
-        table.add_row(str(i), escape(name), f"{_fmt_time(m.query_start)}–{_fmt_time(m.query_end)}",
+        kind = "uses recording" if m.kind == "recording" else "derived from"
+        table.add_row(str(i), kind, escape(name), f"{_fmt_time(m.query_start)}–{_fmt_time(m.query_end)}",
                       f"{_fmt_time(m.reference_start)}–{_fmt_time(m.reference_end)}",
                       f"{m.speed:.3f}x", f"{m.pitch_semitones:+.2f} st", str(m.score),
                       f"{m.significance:.1f}")

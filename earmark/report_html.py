@@ -227,7 +227,10 @@ def _basename(path: str) -> str:
 
 def _facts(m: dict[str, Any], group: dict[str, Any]) -> str:
     ref = m.get("reference") or {}
+    derived = m.get("kind") == "derivation"
     rows = [
+        ("finding", "<b>derived from</b> this composition (re-performed or regenerated; "
+                    "no recording reused)" if derived else "<b>uses the recording</b>"),
         ("recording", f"<b>{esc(group['label'])}</b>"),
         ("rights holder", esc(ref.get("rights_holder") or "(unknown)")),
         ("ISRC", esc(ref.get("isrc") or "–")),
@@ -236,13 +239,15 @@ def _facts(m: dict[str, Any], group: dict[str, Any]) -> str:
                           f"({_pct(m.get('coverage'))} of the file)"),
         ("reference segment", f"{_t(m.get('reference_start'))} – {_t(m.get('reference_end'))}"
                               + (f" of {_t(ref.get('duration'))}" if ref.get("duration") else "")),
-        ("score", f"{esc(m.get('score'))} aligned landmarks"),
+        ("score", f"{esc(m.get('score'))} "
+                  + ("agreeing segments" if derived else "aligned landmarks")),
         ("significance", f"{_num(m.get('significance'))} "
                          f"<span class=\"small\">(chance probability 10<sup>−"
                          f"{_num(m.get('significance'), '{:.0f}')}</sup>)</span>"),
         ("speed", f"{_num(m.get('speed'), '{:.3f}')}× "
                   f"<span class=\"small\">(reference seconds per query second)</span>"),
-        ("pitch", f"{_num(m.get('pitch_semitones'), '{:+.2f}')} semitones"),
+        ("pitch" if not derived else "key shift",
+         f"{_num(m.get('pitch_semitones'), '{:+.2f}')} semitones"),
     ]
     for k, v in ref.items():
         if k not in ("track_id", "path", "duration", "title", "artist", "isrc", "rights_holder"):

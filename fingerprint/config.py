@@ -160,6 +160,9 @@ class MatchConfig:
         A match of another recording over mostly the same query segment as a stronger
         match must reach this fraction of its score (else it is a coincidence riding on
         audio that is already explained).
+    derivation : bool
+        Also search the derivation tier (re-performed / regenerated compositions,
+        :mod:`earmark.index.derivation`); its matches have ``kind="derivation"``.
     threads : int
         Threads for the hypothesis search of one query (0 = one per core).  Batch
         scans with one worker process per core use 1.
@@ -183,6 +186,7 @@ class MatchConfig:
     min_contrast: float = 2.0
     shadow_ratio: float = 0.25
     threads: int = 0
+    derivation: bool = True
 
     def with_(self, **changes) -> "MatchConfig":
         return replace(self, **changes)
@@ -200,6 +204,9 @@ PRESETS: dict[str, FingerprintConfig] = {
 
 MATCH_PRESETS: dict[str, MatchConfig] = {
     "default": MatchConfig(),
-    # Plain landmark matching: no speed/tempo/pitch search.  Fastest.
-    "fast": MatchConfig(search_speed=False, search_tempo=False, search_pitch=False),
+    # Plain landmark matching: no speed/tempo/pitch search, no derivation tier.  Fastest.
+    "fast": MatchConfig(search_speed=False, search_tempo=False, search_pitch=False,
+                        derivation=False),
+    # The recording tier alone (what `fp bench` times against peers).
+    "recording": MatchConfig(derivation=False),
 }

@@ -12,6 +12,7 @@ memory and gives exactly the peaks the whole-file analysis would.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class Landmarks:
     delta_time: np.ndarray
     duration: float
     n_peaks: int
+    audio: np.ndarray | None = None  # the analysed samples at cfg.sr, when asked for
 
     def __len__(self) -> int:
         return int(self.anchor_time.shape[0])
@@ -202,8 +204,11 @@ def fingerprint_audio(y: np.ndarray, cfg: FingerprintConfig, side: str = "index"
 
 def fingerprint_file(path: str | os.PathLike, cfg: FingerprintConfig, side: str = "index",
                      max_dt_frames: float | None = None,
-                     block_seconds: float = 60.0) -> Landmarks:
+                     block_seconds: float = 60.0, keep_audio: bool = False) -> Landmarks:
     """Decode ``path`` block by block and return its landmarks (see :func:`fingerprint_audio`).
+
+    ``keep_audio`` also returns the decoded samples at ``cfg.sr`` (``Landmarks.audio``),
+    so another analysis (the derivation tier's chroma) needs no second decode.
 
     Raises
     ------
@@ -211,10 +216,20 @@ def fingerprint_file(path: str | os.PathLike, cfg: FingerprintConfig, side: str 
         When the file cannot be decoded, or is too short or silent to fingerprint.
     """
     peak_cfg = cfg.index if side == "index" else cfg.query
-    times, semis, duration = peaks_from_blocks(
-        audio_io.iter_audio_blocks(path, cfg.sr, block_seconds=block_seconds), cfg, peak_cfg)
+    kept: list[np.ndarray] = []
+
+    def blocks() -> Iterator[np.ndarray]:
+        for b in audio_io.iter_audio_blocks(path, cfg.sr, block_seconds=block_seconds):
+            if keep_audio:
+                kept.append(b)
+            yield b
+
+    times, semis, duration = peaks_from_blocks(blocks(), cfg, peak_cfg)
     check_fingerprintable(os.fspath(path), duration, times.shape[0])
-    return landmarks_from_peaks(times, semis, cfg, peak_cfg, duration, max_dt_frames)
+    lm = landmarks_from_peaks(times, semis, cfg, peak_cfg, duration, max_dt_frames)
+    if keep_audio:
+        lm = dataclasses.replace(lm, audio=np.concatenate(kept) if kept else np.zeros(0, np.float32))
+    return lm
 
 
 #: Audio shorter than this cannot carry enough landmarks to be evidence of anything.

@@ -35,7 +35,7 @@ from earmark.fingerprint.config import DEFAULT, FingerprintConfig, MatchConfig, 
 from earmark.fingerprint.landmarks import (Landmarks, check_fingerprintable, fingerprint_audio,
                                            fingerprint_file)
 from earmark.match import QueryLandmarks, SegmentView, evidence_to_match, search
-from . import store
+from . import derivation, store
 from .metadata import MetadataStore, read_tags
 
 #: Environment variable naming the index folder (overridden by ``--index``).
@@ -139,21 +139,26 @@ class _Fingerprinted:
     anchor_frames: np.ndarray | None
     error: str | None = None
     seconds: float = 0.0
+    embeddings: Any = None  # chroma.SegmentEmbeddings of the derivation tier
 
 
 def _fingerprint_job(args: tuple[str, FingerprintConfig]) -> _Fingerprinted:
-    """Worker: decode and fingerprint one file (never raises)."""
+    """Worker: decode once; landmarks for the recording tier, chroma segment embeddings
+    for the derivation tier (never raises)."""
+    from earmark.fingerprint import chroma
+
     path, cfg = args
     t0 = time.perf_counter()
     try:
         digest = audio_io.content_hash(path)
-        lm = fingerprint_file(path, cfg, side="index")
+        lm = fingerprint_file(path, cfg, side="index", keep_audio=True)
         keys = lm.keys()
         frames = np.floor(lm.anchor_time + 0.5).astype(np.int64)
         ok = keys >= 0
+        embeddings = chroma.embed_audio(lm.audio, cfg.sr)
         return _Fingerprinted(path, digest, lm.duration, read_tags(path),
                               keys[ok].astype(np.int32), frames[ok].astype(np.int32),
-                              seconds=time.perf_counter() - t0)
+                              seconds=time.perf_counter() - t0, embeddings=embeddings)
     except EarmarkError as e:
         return _Fingerprinted(path, "", 0.0, {}, None, None, error=str(e))
     except MemoryError:
@@ -251,12 +256,15 @@ class Index:
         self.segments = [store.open_segment(self.path / s["file"]) for s in self.manifest.segments]
         self._views = [_segment_view(s, removed) for s in self.segments]
         self.total_frames = self.manifest.live_frames()
+        self._derivation: derivation.DerivationStore | None = None
         self._track_frames = {int(t): float(f) for s in self.manifest.segments
                               for t, f in zip(s["tracks"], s["frames"])}
 
     def _sweep(self) -> None:
         """Writer start-up: delete files and rows a crashed run left behind."""
-        referenced = {s["file"] for s in self.manifest.segments} | {"manifest.json"}
+        referenced = ({s["file"] for s in self.manifest.segments}
+                      | {s["derivation"] for s in self.manifest.segments if "derivation" in s}
+                      | {"manifest.json"})
         for p in self.path.iterdir():
             if (p.name.startswith("seg-") or p.name.startswith(".seg-")
                     or p.name.startswith(".manifest.json.")) and p.name not in referenced:
@@ -271,10 +279,21 @@ class Index:
 
     # ------------------------------------------------------------------ queries
 
+    @property
+    def derivation_store(self) -> "derivation.DerivationStore":
+        """The derivation tier (FAISS), opened on first use."""
+        if self._derivation is None:
+            names = [s["derivation"] for s in self.manifest.segments if "derivation" in s]
+            self._derivation = derivation.DerivationStore.open(self.path, names,
+                                                               self.manifest.removed)
+        return self._derivation
+
     def info(self) -> dict[str, Any]:
         """Summary: tracks, hours, landmarks, bytes on disk, config."""
         live = self.manifest.live_track_ids()
         disk = sum((self.path / s["file"]).stat().st_size for s in self.manifest.segments)
+        drv = sum((self.path / s["derivation"]).stat().st_size
+                  for s in self.manifest.segments if "derivation" in s)
         try:
             disk += (self.path / "tracks.sqlite").stat().st_size
         except OSError:
@@ -285,6 +304,8 @@ class Index:
             "landmarks": int(sum(s.n_postings for s in self.segments)),
             "segments": len(self.segments), "removed_pending_merge": len(self.manifest.removed),
             "bytes": int(disk), "bytes_per_audio_second": disk / seconds if seconds else 0.0,
+            "derivation_bytes": int(drv),
+            "derivation_mb_per_hour": drv / 1e6 / (seconds / 3600) if seconds else 0.0,
             "generation": self.manifest.generation, "format_version": store.INDEX_VERSION,
         }
 
@@ -316,10 +337,21 @@ class Index:
         found.sort(key=lambda e: (-e.score, e.track))
         found = found[: mcfg.max_matches]
         refs = self.meta.get_many([e.track for e in found]) if found else {}
-        matches = tuple(evidence_to_match(e, refs.get(e.track) or self.reference(e.track),
-                                          lm.duration, self.config.frame_seconds) for e in found)
-        return QueryResult(query=label, duration=lm.duration, matches=matches,
+        matches = [evidence_to_match(e, refs.get(e.track) or self.reference(e.track),
+                                     lm.duration, self.config.frame_seconds) for e in found]
+        if mcfg.derivation and lm.audio is not None and lm.audio.shape[0]:
+            matches += self._derivations(lm.audio, {m.reference.track_id for m in matches})
+        return QueryResult(query=label, duration=lm.duration, matches=tuple(matches),
                            elapsed=time.perf_counter() - t0)
+
+    def _derivations(self, y: np.ndarray, recording_tracks: set[int]) -> list[Match]:
+        """Derivation-tier matches (``kind="derivation"``) of tracks not already matched
+        as recordings: using the recording says more than being derived from it."""
+        drv = self.derivation_store
+        if drv.n_vectors == 0:
+            return []
+        found = derivation.match_derivations(drv, y, self.config.sr, self.reference)
+        return [m for m in found if m.reference.track_id not in recording_tracks]
 
     def match_audio(self, y: np.ndarray, sr: int, mcfg: MatchConfig | None = None,
                     label: str = "<audio>") -> QueryResult:
@@ -339,6 +371,8 @@ class Index:
             y = audio_io.resample(y, sr, self.config.sr)
         lm = fingerprint_audio(y, self.config, side="query", max_dt_frames=self._query_max_dt(mcfg))
         check_fingerprintable(label, lm.duration, lm.n_peaks)
+        if mcfg.derivation:
+            lm = dataclasses.replace(lm, audio=y)
         res = self.match_landmarks(lm, mcfg, label)
         return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
 
@@ -347,7 +381,7 @@ class Index:
         mcfg = mcfg or MatchConfig()
         t0 = time.perf_counter()
         lm = fingerprint_file(path, self.config, side="query",
-                              max_dt_frames=self._query_max_dt(mcfg))
+                              max_dt_frames=self._query_max_dt(mcfg), keep_audio=mcfg.derivation)
         res = self.match_landmarks(lm, mcfg, os.fspath(path))
         return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
 
@@ -479,13 +513,17 @@ class Index:
                                             [r.anchor_frames for r in batch])
         seg_name = f"seg-{self.manifest.next_segment:06d}.emk"
         store.write_segment(self.path / seg_name, arrays)
+        drv_name = derivation.segment_file_name(seg_name)
+        derivation.write_segment(self.path, drv_name, derivation.build_segment(
+            track_ids, [r.embeddings for r in batch]))
         frames = [r.duration / self.config.frame_seconds for r in batch]
         new_manifest = dataclasses.replace(
             self.manifest, generation=self.manifest.generation + 1,
             next_segment=self.manifest.next_segment + 1,
             segments=self.manifest.segments + [{"file": seg_name, "tracks": track_ids,
                                                 "frames": frames,
-                                                "postings": int(arrays["postings"].shape[0])}],
+                                                "postings": int(arrays["postings"].shape[0]),
+                                                "derivation": drv_name}],
             removed=sorted(set(self.manifest.removed) | set(old_ids)))
         store.write_manifest(self.path, new_manifest)
         self.manifest = new_manifest
@@ -559,7 +597,14 @@ class Index:
             store.write_segment(self.path / name, arrays)
             new_segments.append({"file": name, "tracks": ids, "frames": [frames_of[t] for t in ids],
                                  "postings": int(arrays["postings"].shape[0])})
-        old_files = [s["file"] for s in self.manifest.segments]
+        # The derivation tier follows: its vectors of the live tracks, in the first new
+        # segment (it is small: ~0.7 MB per catalogue hour).
+        drv_old = [s["derivation"] for s in self.manifest.segments if "derivation" in s]
+        if new_segments and drv_old:
+            drv_name = derivation.segment_file_name(new_segments[0]["file"])
+            derivation.merge_segments(self.path, drv_old, removed, drv_name)
+            new_segments[0]["derivation"] = drv_name
+        old_files = [s["file"] for s in self.manifest.segments] + drv_old
         new_manifest = dataclasses.replace(self.manifest, generation=self.manifest.generation + 1,
                                            next_segment=next_seg, segments=new_segments,
                                            removed=[])

@@ -135,6 +135,18 @@ MIN_CONTRAST = 0.55
 SUFFIX = ".drv"
 
 
+def _faiss():
+    """Import FAISS single-threaded.  Its OpenMP pool does not survive ``fork``: a scan or
+    index worker forked after a multi-threaded search in the parent would hang in its
+    first search.  Searches here are small (one query's patches), so one thread loses
+    little; batch throughput comes from worker processes."""
+    import faiss
+
+    if faiss.omp_get_max_threads() != 1:
+        faiss.omp_set_num_threads(1)
+    return faiss
+
+
 def segment_file_name(hash_segment_file: str) -> str:
     """Name of the derivation file that goes with a hash segment (``seg-000007.emk`` ->
     ``seg-000007.drv``)."""
@@ -223,7 +235,7 @@ def _ivf_nlist(n: int) -> int:
 
 def _new_ivfpq(d: int, nlist: int):
     """Empty IVF-PQ (inner product): HNSW coarse quantiser, d/4 sub-quantisers x 8 bits."""
-    import faiss
+    faiss = _faiss()
     quantizer = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
     index = faiss.IndexIVFPQ(quantizer, d, nlist, d // 4, 8, faiss.METRIC_INNER_PRODUCT)
     index.cp.min_points_per_centroid = 5
@@ -251,7 +263,7 @@ def write_segment(folder: str | os.PathLike, name: str, arrays: SegmentArrays,
 
     Returns the number of bytes written.  ``kind`` overrides :func:`choose_index_kind`.
     """
-    import faiss
+    faiss = _faiss()
     folder = Path(folder)
     path = folder / name
     n = arrays.n_vectors
@@ -333,7 +345,7 @@ def read_segment(path: str | os.PathLike, load_index: bool = True) -> Derivation
     earmark.errors.IndexError_
         Missing, truncated, foreign, newer-version or other-embedding file.
     """
-    import faiss
+    faiss = _faiss()
     path = Path(path)
     try:
         size = path.stat().st_size

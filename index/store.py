@@ -4,6 +4,7 @@ Layout of an index folder::
 
     manifest.json        which segments are live, which tracks were removed, the config
     seg-000001.emk ...   immutable segments (inverted index: key -> postings)
+    seg-000001.drv ...   the derivation tier of the same tracks (earmark.index.derivation)
     tracks.sqlite        track metadata (see :mod:`earmark.index.metadata`)
     lock                 writer lock (one writer at a time; readers never lock)
 
@@ -298,14 +299,19 @@ def read_manifest(folder: Path) -> Manifest | None:
         raise IndexError_(f"index at {folder} was written by a newer Earmark (format "
                           f"{version}); upgrade Earmark to read it")
     try:
-        segments = [{"file": str(s["file"]), "tracks": [int(t) for t in s["tracks"]],
-                     "frames": [float(f) for f in s["frames"]],
-                     "postings": int(s["postings"])} for s in doc["segments"]]
+        segments = []
+        for s in doc["segments"]:
+            seg = {"file": str(s["file"]), "tracks": [int(t) for t in s["tracks"]],
+                   "frames": [float(f) for f in s["frames"]], "postings": int(s["postings"])}
+            if s.get("derivation") is not None:
+                seg["derivation"] = str(s["derivation"])
+            segments.append(seg)
         for s in segments:
             if len(s["frames"]) != len(s["tracks"]):
                 raise ValueError("frames")
-            if "/" in s["file"] or "\\" in s["file"] or s["file"].startswith("."):
-                raise ValueError(s["file"])
+            for name in (s["file"], s.get("derivation", "x")):
+                if "/" in name or "\\" in name or name.startswith("."):
+                    raise ValueError(name)
         return Manifest(generation=int(doc["generation"]), segments=segments,
                         removed=[int(t) for t in doc.get("removed", [])],
                         config=dict(doc.get("config", {})),

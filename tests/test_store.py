@@ -65,7 +65,12 @@ def assert_tracks_match_themselves(idx: Index, catalogue, start: float = 10.0) -
 
 
 def segment_files(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir() if "seg-" in p.name}
+    """Hash-segment files (and leftovers of them); each has a derivation-tier twin."""
+    return {p.name for p in folder.iterdir() if "seg-" in p.name and ".drv" not in p.name}
+
+
+def derivation_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.name.endswith(".drv")}
 
 
 # --------------------------------------------------------------------------- segments
@@ -303,6 +308,7 @@ def test_reader_keeps_working_while_writer_merges(catalogue, tmp_path, monkeypat
     with Index.open_writer(ipath) as w:
         w.merge()
     assert len(segment_files(ipath)) == 1
+    assert len(derivation_files(ipath)) == 1  # the derivation tier is merged alongside
     assert_tracks_match_themselves(reader, catalogue)      # old generation, deleted files
     assert_tracks_match_themselves(Index.open(ipath), catalogue)
 
