@@ -926,11 +926,6 @@ def run_bench(catalogue_dir: str | os.PathLike, negatives_dir: str | os.PathLike
     cli_queries : ``fp match`` calls timed.
     plots : write PNG plots.
     """
-    from earmark.bench import report as report_mod
-    from earmark.bench.transforms import QUICK_SET, get_transforms
-    from earmark.fingerprint.config import DEFAULT, MATCH_PRESETS, MatchConfig
-    from earmark.index.catalogue import Index, find_audio_files
-
     t_run = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -20,7 +21,7 @@ from earmark.evidence import QueryResult
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
 
 
-def _fail(message: str, code: int = EXIT_ERROR) -> "NoReturn":  # noqa: F821
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"fp: error: {message}", err=True)
     sys.exit(code)
 

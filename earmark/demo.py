@@ -1,6 +1,6 @@
 """``fp demo``: the whole job on synthetic material, in a few seconds.
 
-Synthesises a small catalogue (with a metadata CSV from ``data/``), indexes it, then
+Synthesises a small catalogue (with the metadata of ``data/demo_tracks.csv``), indexes it, then
 matches transformed excerpts: clean, sped up with noise, pitch-shifted, embedded in other
 music, and an unrelated piece that must match nothing.
 """
@@ -11,7 +11,6 @@ import csv
 import shutil
 import tempfile
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ SR = 22050
 N_TRACKS = 6
 SECONDS = 40.0
 
-#: Demo catalogue metadata (a copy ships inside the package, see ``data/``).
+#: Demo catalogue metadata (also in ``data/demo_tracks.csv``, the example metadata CSV).
 DEMO_METADATA = [
     ("track01.wav", "Harbour Lights", "The Synthetic Quartet", "XX-EMK-26-00001", "Earmark Demo Records"),
     ("track02.wav", "Paper Moon Rising", "The Synthetic Quartet", "XX-EMK-26-00002", "Earmark Demo Records"),

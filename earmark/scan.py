@@ -81,6 +81,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from earmark.index.store import fsync_dir
 from typing import Any, TextIO
 
 import click
@@ -249,7 +251,7 @@ class _Journal:
         existed = path.exists()
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if not existed:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def append(self, record: dict[str, Any]) -> int:
         """Write one line durably; returns its byte offset."""
@@ -273,19 +275,6 @@ class _Journal:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _iter_journal(path: Path, repair: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -334,7 +323,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _read_line_at(path: Path, offset: int) -> dict[str, Any]:

@@ -89,7 +89,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +100,7 @@ from earmark.errors import IndexError_
 from earmark.evidence import Match, Reference
 from earmark.fingerprint import chroma
 from earmark.fingerprint.chroma import QueryEmbeddings, SegmentEmbeddings
+from earmark.index import store
 
 __all__ = [
     "FORMAT_VERSION", "DerivationConfig", "DerivationSegment", "DerivationStore",
@@ -156,19 +156,6 @@ def segment_file_name(hash_segment_file: str) -> str:
 
 def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- building
@@ -278,29 +265,8 @@ def write_segment(folder: str | os.PathLike, name: str, arrays: SegmentArrays,
     parts = [np.ascontiguousarray(arrays.track, dtype="<i8").tobytes(),
              np.ascontiguousarray(arrays.start, dtype="<f4").tobytes(),
              np.ascontiguousarray(arrays.vectors, dtype="<f2").tobytes(), blob]
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    written = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.ljust(_ALIGN, b"\0"))
-            pos = _ALIGN
-            for data in parts:
-                f.write(data)
-                pos += len(data)
-                pad = _aligned(pos) - pos
-                f.write(b"\0" * pad)
-                pos += pad
-            f.flush()
-            os.fsync(f.fileno())
-            written = pos
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
+    with store.atomic_file(path) as f:
+        written = store.write_aligned(f, header, parts)
     return written
 
 

@@ -30,13 +30,14 @@ Segment file (little-endian)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -70,12 +71,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the new file."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Write ``path`` atomically: a temporary file in the same folder, fsynced, renamed
+    over ``path``, folder fsynced.  Readers see the old file or the complete new one; an
+    exception (or a crash) leaves the old one and, at worst, a ``.name.*.tmp`` file that
+    the next writer sweeps."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -86,6 +91,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old or the new file."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def write_aligned(f: BinaryIO, header: bytes, parts: list[bytes]) -> int:
+    """Header padded to 64 bytes, then each part padded to a 64-byte boundary (so every
+    array can be memory-mapped aligned).  Returns the bytes written."""
+    f.write(header.ljust(_ALIGN, b"\0"))
+    pos = _ALIGN
+    for data in parts:
+        f.write(data)
+        pos += len(data)
+        pad = _aligned(pos) - pos
+        f.write(b"\0" * pad)
+        pos += pad
+    return pos
 
 
 @dataclass
@@ -177,28 +202,10 @@ def write_segment(path: Path, arrays: dict[str, np.ndarray]) -> None:
     n_slots = int(arrays["slot_track"].shape[0])
     header = _HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, hashes.LAYOUT_VERSION,
                           hashes.KEY_BITS, hashes.TABLE_BITS, n, n_slots)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.ljust(_ALIGN, b"\0"))
-            pos = _ALIGN
-            for name, dtype in _ARRAY_ORDER:
-                data = np.ascontiguousarray(arrays[name], dtype=dtype).astype("<" + np.dtype(dtype).str[1:], copy=False)
-                f.write(data.tobytes())
-                pos += data.nbytes
-                pad = _aligned(pos) - pos
-                f.write(b"\0" * pad)
-                pos += pad
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    parts = [np.ascontiguousarray(arrays[name], dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+             for name, dtype in _ARRAY_ORDER]
+    with atomic_file(path) as f:
+        write_aligned(f, header, parts)
 
 
 def open_segment(path: Path) -> Segment:
