@@ -99,12 +99,25 @@ def scale_cmd(tracks, steps, out_dir, real_index, negatives, seed):
     click.echo(f"wrote {out_dir / 'scale.json'} and {out_dir / 'scale.png'}")
 
 
-def _register_derivation() -> None:
-    try:
-        from earmark.bench.derivation import derivation_cmd  # noqa: F401
-    except ImportError:
-        return
-    bench_cmd.add_command(derivation_cmd, "derivation")
+@bench_cmd.command("derivation")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench-derivation"), show_default=True)
+@click.option("--pieces", type=click.IntRange(4, 100000), default=60, show_default=True,
+              help="Synthetic catalogue compositions (and as many negatives).")
+@click.option("--quick", is_flag=True, help="12 pieces, no real catalogue.")
+@click.option("--other", "other_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Real non-catalogue music: must never be flagged.")
+@click.option("--real-catalogue", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Real catalogue indexed beside the synthetic pieces.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def derivation_cmd(out_dir, pieces, quick, other_dir, real_catalogue, jobs, seed):
+    """Composition-level benchmark of the derivation tier (re-rendered, transposed,
+    tempo-changed pieces; melody over a new backing; non-catalogue pieces)."""
+    from earmark.bench.derivation import results_markdown, run_derivation_bench
 
-
-_register_derivation()
+    res = run_derivation_bench(out_dir, seed=seed, n_pieces=pieces, quick=quick,
+                               other_dir=other_dir, real_catalogue_dir=real_catalogue,
+                               jobs=jobs)
+    click.echo(results_markdown(res))

@@ -31,7 +31,7 @@ Conditions (20 s queries at a random offset)
                  drums of another (negative-seed) piece moved to the same key and tempo
 ``negative``     non-catalogue pieces, any instruments/key/tempo
 ``real_negative`` 20 s excerpts of real music that is not in the catalogue
-                 (``/work/corpus/other`` when present)
+                 (a folder given with ``--other``)
 """
 
 from __future__ import annotations
@@ -457,8 +457,8 @@ def scale_search_bench(n_tracks: int = 100_000, seconds_per_track: float = 240.0
 
 
 def run_derivation_bench(out_dir: str | os.PathLike, seed: int = 0, n_pieces: int = 60,
-                         quick: bool = False, other_dir: str | None = "/work/corpus/other",
-                         real_catalogue_dir: str | None = "/work/corpus/catalogue",
+                         quick: bool = False, other_dir: str | None = None,
+                         real_catalogue_dir: str | None = None,
                          jobs: int = 2, real_per_track: int = 6, scale: bool = False,
                          config=None, progress=None) -> dict[str, Any]:
     """Run the composition-level benchmark and write ``results.json`` + ``results.md``.
