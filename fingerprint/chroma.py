@@ -47,6 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 from scipy.fft import dct, idct
 
 __all__ = [
@@ -63,6 +64,8 @@ N_FFT = 2048
 HOP = 800
 #: Seconds per chroma frame.
 FRAME_SECONDS = HOP / SR
+#: Frames transformed at once in :func:`chroma_frames` (bounds memory on long tracks).
+CHUNK_FRAMES = 1024
 MIDI_LO, MIDI_HI = 36, 96
 #: Log compression of the level-normalised pitchgram.
 GAMMA = 100.0
@@ -178,9 +181,13 @@ def chroma_frames(y: np.ndarray, sr: int) -> np.ndarray:
     frames = np.lib.stride_tricks.as_strided(
         yp, shape=(n_frames, N_FFT), strides=(yp.strides[0] * HOP, yp.strides[0]))
     win = np.hanning(N_FFT).astype(np.float32)
-    spec = np.fft.rfft(frames * win, axis=1)
-    power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
-    e = power @ _pitch_filterbank()                      # (n_frames, 60)
+    bank = _pitch_filterbank()
+    # The spectrum is reduced to 60 pitch bands a chunk of frames at a time, so memory
+    # stays bounded (~20 MB) however long the track is.
+    e = np.empty((n_frames, bank.shape[1]), dtype=np.float32)
+    for lo in range(0, n_frames, CHUNK_FRAMES):
+        spec = scipy.fft.rfft(frames[lo:lo + CHUNK_FRAMES] * win, axis=1)
+        e[lo:lo + CHUNK_FRAMES] = (spec.real ** 2 + spec.imag ** 2).astype(np.float32) @ bank
     total = e.sum(axis=1)
     ref = float(np.percentile(total, 95)) if total.size else 0.0
     if ref <= 0:
