@@ -54,7 +54,8 @@ def fp(capfd):
 
 
 def fp_executable() -> str:
-    exe = shutil.which("fp") or str(Path(sys.executable).with_name("fp"))
+    sibling = Path(sys.executable).with_name("fp")  # the fp of the interpreter under test
+    exe = str(sibling) if sibling.exists() else shutil.which("fp")
     assert Path(exe).exists(), "the `fp` console script is not installed (pip install -e .)"
     return exe
 
