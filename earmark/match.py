@@ -94,6 +94,29 @@ def _probe(x: float, margin: float, out: np.ndarray) -> int:
     return 1
 
 
+@njit(cache=True, nogil=True)
+def _probe_keys(f1: float, df: float, dt: float, margin: float, out_keys: np.ndarray,
+                out_f1_bin: np.ndarray, scratch: np.ndarray) -> int:
+    """Keys to look up for one landmark (continuous coordinates already transformed by
+    the hypothesis): its own bins, plus the neighbouring bin of any coordinate within
+    ``margin`` of a bin edge (up to 2 x 2 x 2 keys).  Writes the keys and the f1 bin of
+    each into ``out_keys`` / ``out_f1_bin`` (length >= 8); returns how many."""
+    cf, cd, ct = quantise_coords(f1, df, dt)
+    nf = _probe(cf, margin, scratch[0])
+    nd = _probe(cd, margin, scratch[1])
+    nt = _probe(ct, margin, scratch[2])
+    n = 0
+    for a in range(nf):
+        for b in range(nd):
+            for c in range(nt):
+                key = key_from_bins(scratch[0, a], scratch[1, b], scratch[2, c])
+                if key >= 0:
+                    out_keys[n] = key
+                    out_f1_bin[n] = scratch[0, a]
+                    n += 1
+    return n
+
+
 @njit(cache=True)
 def _table_insert(keys: np.ndarray, counts: np.ndarray, key: int) -> int:
     """Open-addressing increment; returns the slot index, or -1 if the key was new and
@@ -134,43 +157,37 @@ def _vote_one(s, p, q_time, q_f1, q_df, q_dt, bucket_start, key_lo, postings, sl
     n_touched = 0
     visits = 0
     limit = keys.shape[0] // 2
-    pf = np.empty(2, dtype=np.int64)
-    pd = np.empty(2, dtype=np.int64)
-    pt = np.empty(2, dtype=np.int64)
+    probe_keys = np.empty(8, dtype=np.int64)
+    probe_f1 = np.empty(8, dtype=np.int64)
+    scratch = np.empty((3, 2), dtype=np.int64)
     for j in range(q_time.shape[0]):
-        cf, cd, ct = quantise_coords(q_f1[j] - p, q_df[j], q_dt[j] * s)
-        nf = _probe(cf, probe_margin, pf)
-        nd = _probe(cd, probe_margin, pd)
-        nt = _probe(ct, probe_margin, pt)
+        n_keys = _probe_keys(q_f1[j] - p, q_df[j], q_dt[j] * s, probe_margin, probe_keys,
+                             probe_f1, scratch)
         t_ref = q_time[j] * s
-        for a in range(nf):
-            for b in range(nd):
-                for c in range(nt):
-                    key = key_from_bins(pf[a], pd[b], pt[c])
-                    if key < 0:
-                        continue
-                    bucket = key >> hashes.LO_BITS
-                    lo = key & _LO_MASK
-                    for i in range(bucket_start[bucket], bucket_start[bucket + 1]):
-                        if key_lo[i] != lo:
-                            continue
-                        post = postings[i]
-                        slot = post >> hashes.FRAME_BITS
-                        if not slot_live[slot]:
-                            continue
-                        ref_frame = slot_frame0[slot] + (post & _FRAME_MASK)
-                        off_bin = math.floor((ref_frame - t_ref) / offset_bin_frames)
-                        cell = slot_track[slot] * _OFFSET_SPAN + off_bin + _OFFSET_BIAS
-                        r = _table_insert(keys, counts, cell)
-                        visits += 1
-                        if r < 0:
-                            touched[n_touched] = -2 - r
-                            n_touched += 1
-                            if n_touched >= limit:
-                                for k in range(n_touched):
-                                    keys[touched[k]] = -1
-                                    counts[touched[k]] = 0
-                                return -1, 0
+        for k in range(n_keys):
+            key = probe_keys[k]
+            bucket = key >> hashes.LO_BITS
+            lo = key & _LO_MASK
+            for i in range(bucket_start[bucket], bucket_start[bucket + 1]):
+                if key_lo[i] != lo:
+                    continue
+                post = postings[i]
+                slot = post >> hashes.FRAME_BITS
+                if not slot_live[slot]:
+                    continue
+                ref_frame = slot_frame0[slot] + (post & _FRAME_MASK)
+                off_bin = math.floor((ref_frame - t_ref) / offset_bin_frames)
+                cell = slot_track[slot] * _OFFSET_SPAN + off_bin + _OFFSET_BIAS
+                r = _table_insert(keys, counts, cell)
+                visits += 1
+                if r < 0:
+                    touched[n_touched] = -2 - r
+                    n_touched += 1
+                    if n_touched >= limit:
+                        for m in range(n_touched):
+                            keys[touched[m]] = -1
+                            counts[touched[m]] = 0
+                        return -1, 0
     return n_touched, visits
 
 
@@ -266,46 +283,41 @@ def collect_pairs(q_time, q_f1, q_df, q_dt, scale, pitch, track, line_b, line_s,
     out_res = np.empty(cap, dtype=np.float64)
     out_key = np.empty(cap, dtype=np.int64)
     n = 0
-    pf = np.empty(2, dtype=np.int64)
-    pd = np.empty(2, dtype=np.int64)
-    pt = np.empty(2, dtype=np.int64)
+    probe_keys = np.empty(8, dtype=np.int64)
+    probe_f1 = np.empty(8, dtype=np.int64)
+    scratch = np.empty((3, 2), dtype=np.int64)
     for j in range(n_q):
-        cf, cd, ct = quantise_coords(q_f1[j] - pitch, q_df[j], q_dt[j] * scale)
-        nf = _probe(cf, probe_margin, pf)
-        nd = _probe(cd, probe_margin, pd)
-        nt = _probe(ct, probe_margin, pt)
+        f1 = q_f1[j] - pitch
+        n_keys = _probe_keys(f1, q_df[j], q_dt[j] * scale, probe_margin, probe_keys,
+                             probe_f1, scratch)
         predicted = line_b + line_s * q_time[j]
-        for a in range(nf):
-            for b in range(nd):
-                for c in range(nt):
-                    key = key_from_bins(pf[a], pd[b], pt[c])
-                    if key < 0:
-                        continue
-                    bucket = key >> hashes.LO_BITS
-                    lo = key & _LO_MASK
-                    for i in range(bucket_start[bucket], bucket_start[bucket + 1]):
-                        if key_lo[i] != lo:
-                            continue
-                        post = postings[i]
-                        slot = post >> hashes.FRAME_BITS
-                        if slot_track[slot] != track or not slot_live[slot]:
-                            continue
-                        ref_frame = slot_frame0[slot] + (post & _FRAME_MASK)
-                        if abs(ref_frame - predicted) > tol_frames:
-                            continue
-                        if n == cap:
-                            cap *= 2
-                            out_q = np.resize(out_q, cap)
-                            out_ref = np.resize(out_ref, cap)
-                            out_post = np.resize(out_post, cap)
-                            out_res = np.resize(out_res, cap)
-                            out_key = np.resize(out_key, cap)
-                        out_q[n] = j
-                        out_key[n] = key
-                        out_ref[n] = ref_frame
-                        out_post[n] = i
-                        out_res[n] = cf - (pf[a] + 0.5)
-                        n += 1
+        for k in range(n_keys):
+            key = probe_keys[k]
+            bucket = key >> hashes.LO_BITS
+            lo = key & _LO_MASK
+            for i in range(bucket_start[bucket], bucket_start[bucket + 1]):
+                if key_lo[i] != lo:
+                    continue
+                post = postings[i]
+                slot = post >> hashes.FRAME_BITS
+                if slot_track[slot] != track or not slot_live[slot]:
+                    continue
+                ref_frame = slot_frame0[slot] + (post & _FRAME_MASK)
+                if abs(ref_frame - predicted) > tol_frames:
+                    continue
+                if n == cap:
+                    cap *= 2
+                    out_q = np.resize(out_q, cap)
+                    out_ref = np.resize(out_ref, cap)
+                    out_post = np.resize(out_post, cap)
+                    out_res = np.resize(out_res, cap)
+                    out_key = np.resize(out_key, cap)
+                out_q[n] = j
+                out_key[n] = key
+                out_ref[n] = ref_frame
+                out_post[n] = i
+                out_res[n] = f1 / hashes.F1_STEP_SEMITONES - (probe_f1[k] + 0.5)
+                n += 1
     return out_q[:n], out_ref[:n], out_post[:n], out_res[:n], out_key[:n]
 
 
