@@ -430,15 +430,7 @@ def score_result(spec: QuerySpec, result: QueryResult, system: str = "earmark",
     rec["wrong"] = not hit
     if not hit:
         return rec
-    est = _expected_ref_offset(top, spec.embed_offset)
-    err = est - spec.offset
-    rec["offset_err"] = round(err, 4)
-    rec["offset_exact"] = abs(err) <= OFFSET_TOL_S
-    ok = rec["offset_exact"]
-    if not ok and alias_check is not None and spec.reference is not None:
-        ok = alias_check(spec.reference, spec.offset, est, spec.excerpt_seconds)
-        rec["offset_repeat"] = bool(ok)
-    rec["offset_ok"] = bool(ok)
+    _score_offset(rec, spec, _expected_ref_offset(top, spec.embed_offset), alias_check)
     if spec.embeds:
         rec["located_ok"] = abs(top.query_start - spec.embed_offset) <= LOCATE_TOL_S
     rec["speed_est"] = round(float(top.speed), 5)
@@ -470,7 +462,14 @@ def score_peer_match(spec: QuerySpec, pm: Any, system: str,
     rec["wrong"] = not hit
     if not hit or pm.reference_offset is None:
         return rec
-    est = float(pm.reference_offset) + spec.embed_offset
+    _score_offset(rec, spec, float(pm.reference_offset) + spec.embed_offset, alias_check)
+    return rec
+
+
+def _score_offset(rec: dict[str, Any], spec: QuerySpec, est: float,
+                  alias_check: Callable | None) -> None:
+    """Offset fields of a hit, the same for Earmark and peers: exact within
+    ``OFFSET_TOL_S``, else accepted if ``alias_check`` verifies a repeat of the section."""
     err = est - spec.offset
     rec["offset_err"] = round(err, 4)
     rec["offset_exact"] = abs(err) <= OFFSET_TOL_S
@@ -479,7 +478,6 @@ def score_peer_match(spec: QuerySpec, pm: Any, system: str,
         ok = alias_check(spec.reference, spec.offset, est, spec.excerpt_seconds)
         rec["offset_repeat"] = bool(ok)
     rec["offset_ok"] = bool(ok)
-    return rec
 
 
 def _base_record(spec: QuerySpec, system: str) -> dict[str, Any]:
