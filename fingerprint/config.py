@@ -163,6 +163,18 @@ class MatchConfig:
     derivation : bool
         Also search the derivation tier (re-performed / regenerated compositions,
         :mod:`earmark.index.derivation`); its matches have ``kind="derivation"``.
+    coarse_peaks_per_second, coarse_fan_out : float, int
+        Coarse-to-fine search.  The whole hypothesis grid is first voted with the
+        query's strongest peaks only: those ranked under this density (9 per second,
+        the catalogue side's) paired with this fan-out, about 27 landmarks per second
+        instead of the query's 200.  These are the landmarks most likely to be in the
+        index at all, so a real transform still stands out, at about 1/7 of the cost.
+    refine_hypotheses : int
+        Hypotheses (besides identity) whose coarse vote is strongest are then voted
+        again with every query landmark; candidates come from these only.  0 = no
+        coarse stage (every hypothesis with every landmark).
+    coarse_min_score : int
+        Cells under this coarse vote count do not make a hypothesis a contender.
     threads : int
         Threads for the hypothesis search of one query (0 = one per core).  Batch
         scans with one worker process per core use 1.
@@ -185,6 +197,10 @@ class MatchConfig:
     max_gap_seconds: float = 2.5
     min_contrast: float = 2.0
     shadow_ratio: float = 0.25
+    coarse_peaks_per_second: float = 9.0
+    coarse_fan_out: int = 3
+    refine_hypotheses: int = 8
+    coarse_min_score: int = 4
     threads: int = 0
     derivation: bool = True
 

@@ -45,6 +45,9 @@ class Landmarks:
         Seconds of audio analysed.
     n_peaks : int
         Number of peaks the landmarks were formed from.
+    peak_time, peak_semitone, peak_rank : arrays, optional
+        The peaks themselves with their density rank (query side: the matcher forms a
+        sparser landmark set from the strongest of them, see :func:`sparser`).
     """
 
     anchor_time: np.ndarray
@@ -54,6 +57,9 @@ class Landmarks:
     duration: float
     n_peaks: int
     audio: np.ndarray | None = None  # the analysed samples at cfg.sr, when asked for
+    peak_time: np.ndarray | None = None
+    peak_semitone: np.ndarray | None = None
+    peak_rank: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.anchor_time.shape[0])
@@ -114,8 +120,8 @@ def landmarks_from_peaks(times: np.ndarray, semitones: np.ndarray, cfg: Fingerpr
 
 
 def peaks_from_blocks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig,
-                      peak_cfg: PeakConfig, min_chunk_frames: int = 2048
-                      ) -> tuple[np.ndarray, np.ndarray, float]:
+                      peak_cfg: PeakConfig, min_chunk_frames: int = 2048,
+                      return_rank: bool = False) -> tuple:
     """Peaks of a stream of mono blocks at ``cfg.sr``.
 
     Returns
@@ -124,6 +130,9 @@ def peaks_from_blocks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig,
         Peak positions (frames from the start of the stream, semitones).
     duration : float
         Seconds of audio consumed.
+    rank : int32 array
+        Only with ``return_rank``: each peak's density rank
+        (:func:`earmark.fingerprint.peaks.density_rank`).
     """
     hop, n_fft = cfg.hop_length, cfg.n_fft
     margin = context_frames(cfg, peak_cfg)
@@ -133,6 +142,7 @@ def peaks_from_blocks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig,
     n_samples = 0
     out_t: list[np.ndarray] = []
     out_f: list[np.ndarray] = []
+    out_r: list[np.ndarray] = []
 
     def process(final: bool) -> None:
         nonlocal buf, buf_frame0, next_core
@@ -145,10 +155,12 @@ def peaks_from_blocks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig,
             return
         S = log_spectrogram_frames(buf[: (n_avail - 1) * hop + n_fft], cfg.sr, n_fft, hop,
                                    cfg.fmin_hz, cfg.fmax_hz, cfg.bins_per_semitone)
-        t, f = pick_peaks(S, cfg, peak_cfg, first_frame=next_core - buf_frame0,
-                          end_frame=core_end - buf_frame0, frame_offset=buf_frame0)
+        t, f, r = pick_peaks(S, cfg, peak_cfg, first_frame=next_core - buf_frame0,
+                             end_frame=core_end - buf_frame0, frame_offset=buf_frame0,
+                             return_rank=True)
         out_t.append(t)
         out_f.append(f)
+        out_r.append(r)
         next_core = core_end
         keep_from = max(buf_frame0, next_core - margin)
         buf = buf[(keep_from - buf_frame0) * hop:]
@@ -167,7 +179,40 @@ def peaks_from_blocks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig,
     # Frames past the last real sample carry only padding.
     last_frame = n_samples / hop
     keep = times <= last_frame
+    if return_rank:
+        ranks = np.concatenate(out_r) if out_r else np.zeros(0, np.int32)
+        return times[keep], semis[keep], n_samples / cfg.sr, ranks[keep]
     return times[keep], semis[keep], n_samples / cfg.sr
+
+
+def _with_peaks(lm: Landmarks, side: str, times: np.ndarray, semis: np.ndarray,
+                rank: np.ndarray) -> Landmarks:
+    """Query landmarks keep their peaks (for :func:`sparser`); catalogue ones need not."""
+    if side == "index":
+        return lm
+    return dataclasses.replace(lm, peak_time=times, peak_semitone=semis, peak_rank=rank)
+
+
+def sparser(lm: Landmarks, cfg: FingerprintConfig, peak_cfg: PeakConfig,
+            max_dt_frames: float | None = None) -> Landmarks:
+    """The landmarks the same audio would give at a sparser peak density.
+
+    Only the peaks whose density rank is below ``peak_cfg``'s per-window count are kept
+    (exactly the peaks that density would pick: same candidates, same window) and paired
+    with ``peak_cfg.fan_out``.  The matcher uses this to search transform hypotheses with
+    the strongest landmarks first (:func:`earmark.match.search`).
+
+    Raises
+    ------
+    ValueError
+        If ``lm`` does not carry its peaks (catalogue-side landmarks).
+    """
+    if lm.peak_time is None or lm.peak_semitone is None or lm.peak_rank is None:
+        raise ValueError("these landmarks do not carry their peaks (query side only)")
+    per_window = max(1, int(round(peak_cfg.peaks_per_second * peak_cfg.density_window_seconds)))
+    keep = lm.peak_rank < per_window
+    return landmarks_from_peaks(lm.peak_time[keep], lm.peak_semitone[keep], cfg, peak_cfg,
+                                lm.duration, max_dt_frames)
 
 
 def _chunks(y: np.ndarray, block: int) -> Iterator[np.ndarray]:
@@ -197,9 +242,10 @@ def fingerprint_audio(y: np.ndarray, cfg: FingerprintConfig, side: str = "index"
     True
     """
     peak_cfg = cfg.index if side == "index" else cfg.query
-    times, semis, duration = peaks_from_blocks(_chunks(np.asarray(y, np.float32), cfg.sr * 60),
-                                               cfg, peak_cfg)
-    return landmarks_from_peaks(times, semis, cfg, peak_cfg, duration, max_dt_frames)
+    times, semis, duration, rank = peaks_from_blocks(
+        _chunks(np.asarray(y, np.float32), cfg.sr * 60), cfg, peak_cfg, return_rank=True)
+    return _with_peaks(landmarks_from_peaks(times, semis, cfg, peak_cfg, duration, max_dt_frames),
+                       side, times, semis, rank)
 
 
 def fingerprint_file(path: str | os.PathLike, cfg: FingerprintConfig, side: str = "index",
@@ -224,9 +270,10 @@ def fingerprint_file(path: str | os.PathLike, cfg: FingerprintConfig, side: str 
                 kept.append(b)
             yield b
 
-    times, semis, duration = peaks_from_blocks(blocks(), cfg, peak_cfg)
+    times, semis, duration, rank = peaks_from_blocks(blocks(), cfg, peak_cfg, return_rank=True)
     check_fingerprintable(os.fspath(path), duration, times.shape[0])
-    lm = landmarks_from_peaks(times, semis, cfg, peak_cfg, duration, max_dt_frames)
+    lm = _with_peaks(landmarks_from_peaks(times, semis, cfg, peak_cfg, duration, max_dt_frames),
+                     side, times, semis, rank)
     if keep_audio:
         lm = dataclasses.replace(lm, audio=np.concatenate(kept) if kept else np.zeros(0, np.float32))
     return lm

@@ -135,12 +135,17 @@ def find_candidate_peaks(S: np.ndarray, radius_frames: int, radius_bins: int,
 
 
 @njit(cache=True)
-def density_filter(frames: np.ndarray, prominence: np.ndarray, half_window_frames: float,
-                   max_in_window: int) -> np.ndarray:
-    """Keep a peak if fewer than ``max_in_window`` more prominent peaks lie within
-    +-half_window_frames of it.  ``frames`` must be sorted ascending."""
+def density_rank(frames: np.ndarray, prominence: np.ndarray, half_window_frames: float,
+                 max_in_window: int) -> np.ndarray:
+    """Number of more prominent peaks within +-half_window_frames of each peak, counted up
+    to ``max_in_window`` (the density rule keeps a peak if its rank is below that).
+
+    The rank says at which sparser density a peak would still be kept: with the same
+    window, a density of ``d`` peaks per window keeps exactly the peaks of rank ``< d``.
+    ``frames`` must be sorted ascending.
+    """
     n = frames.shape[0]
-    keep = np.zeros(n, dtype=np.bool_)
+    rank = np.zeros(n, dtype=np.int32)
     lo = 0
     hi = 0
     for i in range(n):
@@ -154,8 +159,8 @@ def density_filter(frames: np.ndarray, prominence: np.ndarray, half_window_frame
                 stronger += 1
                 if stronger >= max_in_window:
                     break
-        keep[i] = stronger < max_in_window
-    return keep
+        rank[i] = stronger
+    return rank
 
 
 def context_frames(cfg: FingerprintConfig, peak_cfg: PeakConfig) -> int:
@@ -171,7 +176,7 @@ def context_frames(cfg: FingerprintConfig, peak_cfg: PeakConfig) -> int:
 
 def pick_peaks(S: np.ndarray, cfg: FingerprintConfig, peak_cfg: PeakConfig,
                first_frame: int = 0, end_frame: int | None = None,
-               frame_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               frame_offset: int = 0, return_rank: bool = False) -> tuple[np.ndarray, ...]:
     """Peaks of a log-frequency spectrogram.
 
     Parameters
@@ -185,6 +190,8 @@ def pick_peaks(S: np.ndarray, cfg: FingerprintConfig, peak_cfg: PeakConfig,
         returned (the rest of ``S`` is context).
     frame_offset : int
         Added to the returned times (the absolute frame of ``S[0]``).
+    return_rank : bool
+        Also return each peak's density rank (:func:`density_rank`).
 
     Returns
     -------
@@ -192,6 +199,8 @@ def pick_peaks(S: np.ndarray, cfg: FingerprintConfig, peak_cfg: PeakConfig,
         Peak times in frames, ascending.
     semitones : np.ndarray, float64
         Peak frequencies in semitones above ``cfg.fmin_hz``.
+    rank : np.ndarray, int32
+        Only with ``return_rank``: more prominent peaks in the density window.
 
     Examples
     --------
@@ -217,7 +226,9 @@ def pick_peaks(S: np.ndarray, cfg: FingerprintConfig, peak_cfg: PeakConfig,
     order = np.argsort(frames, kind="stable")
     frames, bins, prom = frames[order], bins[order], prom[order]
     max_in_window = max(1, int(round(peak_cfg.peaks_per_second * peak_cfg.density_window_seconds)))
-    keep = density_filter(frames, prom, half_window, max_in_window)
+    rank = density_rank(frames, prom, half_window, max_in_window)
     whole = np.floor(frames + 0.5)
-    keep &= (whole >= first_frame) & (whole < end_frame)
+    keep = (rank < max_in_window) & (whole >= first_frame) & (whole < end_frame)
+    if return_rank:
+        return frames[keep] + frame_offset, bins[keep] / cfg.bins_per_semitone, rank[keep]
     return frames[keep] + frame_offset, bins[keep] / cfg.bins_per_semitone

@@ -33,7 +33,7 @@ from earmark.evidence import Match, QueryResult, Reference
 from earmark.fingerprint import audio as audio_io
 from earmark.fingerprint.config import DEFAULT, FingerprintConfig, MatchConfig, PeakConfig
 from earmark.fingerprint.landmarks import (Landmarks, check_fingerprintable, fingerprint_audio,
-                                           fingerprint_file)
+                                           fingerprint_file, sparser)
 from earmark.match import QueryLandmarks, SegmentView, evidence_to_match, search
 from . import derivation, store
 from .metadata import MetadataStore, read_tags
@@ -330,8 +330,15 @@ class Index:
         """Match landmarks computed with this index's config (``side="query"``)."""
         mcfg = mcfg or MatchConfig()
         t0 = time.perf_counter()
+        coarse = None
+        if lm.peak_time is not None and mcfg.refine_hypotheses > 0:
+            coarse_peaks = dataclasses.replace(self.config.query,
+                                               peaks_per_second=mcfg.coarse_peaks_per_second,
+                                               fan_out=mcfg.coarse_fan_out)
+            coarse = QueryLandmarks.from_landmarks(
+                sparser(lm, self.config, coarse_peaks, self._query_max_dt(mcfg)))
         found = search(QueryLandmarks.from_landmarks(lm), self._views, self.total_frames,
-                       self._track_frames, self.config, mcfg)
+                       self._track_frames, self.config, mcfg, coarse)
         found = [e for e in found if e.significance >= mcfg.min_significance
                  and e.contrast >= mcfg.min_contrast]
         found.sort(key=lambda e: (-e.score, e.track))

@@ -248,7 +248,9 @@ def open_segment(path: Path) -> Segment:
                                      offset=pos, shape=(counts[name],))
         pos = _aligned(pos + nbytes)
     bs = arrays["bucket_start"]
-    if bs[0] != 0 or int(bs[-1]) != n:
+    # Look-ups trust the table to stay within [0, n]: it must start at 0, end at n and
+    # never decrease (one pass over 2**TABLE_BITS entries, whatever the index size).
+    if bs[0] != 0 or int(bs[-1]) != n or bool(np.any(np.diff(np.asarray(bs, dtype=np.int64)) < 0)):
         raise IndexError_(f"index segment {path.name} is corrupt (bucket table)")
     return Segment(name=path.name, **arrays)
 

@@ -10,7 +10,7 @@ from earmark.fingerprint.config import DEFAULT, PRESETS
 from earmark.fingerprint.hashes import (landmark_keys, pack_key, pack_posting, unpack_key,
                                         unpack_posting)
 from earmark.fingerprint.landmarks import (fingerprint_audio, landmarks_from_peaks,
-                                           peaks_from_blocks)
+                                           peaks_from_blocks, sparser)
 from earmark.fingerprint.peaks import pick_peaks
 from earmark.fingerprint.spectrogram import log_frequency_filterbank, log_spectrogram
 from earmark.synth import synth_noise, synth_song
@@ -230,6 +230,25 @@ def test_blockwise_analysis_equals_whole_signal(side):
     np.testing.assert_allclose(lm.anchor_semitone, ref.anchor_semitone, atol=1e-6)
     np.testing.assert_allclose(lm.delta_time, ref.delta_time, atol=1e-6)
     np.testing.assert_array_equal(lm.keys(), ref.keys())
+
+
+def test_sparser_density_gives_exactly_the_catalogue_side_landmarks():
+    """The density rank of the query's peaks says which of them a sparser density keeps:
+    the query-side analysis thinned to the catalogue side's density and fan-out is exactly
+    the catalogue-side analysis of the same audio (the matcher's coarse search set)."""
+    y = synth_song(seed=33, seconds=30.0, sr=SR)
+    query = fingerprint_audio(y, CFG, side="query")
+    catalogue_side = fingerprint_audio(y, CFG, side="index")
+    assert query.peak_rank is not None and catalogue_side.peak_rank is None
+    assert query.n_peaks > 1.5 * catalogue_side.n_peaks  # really a sparser set
+    thinned = sparser(query, CFG, CFG.index)
+    assert thinned.n_peaks == catalogue_side.n_peaks
+    assert len(thinned) == len(catalogue_side) > 100
+    np.testing.assert_allclose(thinned.anchor_time, catalogue_side.anchor_time, atol=1e-9)
+    np.testing.assert_allclose(thinned.delta_time, catalogue_side.delta_time, atol=1e-9)
+    np.testing.assert_array_equal(thinned.keys(), catalogue_side.keys())
+    with pytest.raises(ValueError, match="peaks"):
+        sparser(catalogue_side, CFG, CFG.index)
 
 
 def test_landmarks_respect_target_zone_and_fan_out():

@@ -97,6 +97,26 @@ def test_speed_change(catalogue, index, speed):
     check_top(index.match_audio(q, SR), name, start, speed=speed, pitch=12 * math.log2(speed))
 
 
+@pytest.mark.parametrize("speed, semitones", [(1.2, 0.0), (1.0, -3.0)])
+def test_coarse_to_fine_search_finds_what_the_exhaustive_search_finds(catalogue, index, speed,
+                                                                     semitones):
+    """The default search votes the grid with the strongest landmarks first, then only the
+    best hypotheses with all of them; the exhaustive search (``refine_hypotheses=0``)
+    votes every hypothesis with every landmark.  Same recording, offset and transform."""
+    name = "track02.wav"
+    y, start = catalogue.excerpt(name, 6.0, 8.0)
+    q = pedalboard.time_stretch(y[None, :], SR, stretch_factor=speed,
+                                pitch_shift_in_semitones=semitones)[0].astype(np.float32)
+    recording = MATCH_PRESETS["recording"]
+    coarse = index.match_audio(q, SR, recording)
+    exhaustive = index.match_audio(q, SR, recording.with_(refine_hypotheses=0))
+    m = check_top(coarse, name, start, speed=speed, pitch=semitones)
+    e = check_top(exhaustive, name, start, speed=speed, pitch=semitones)
+    assert m.speed == pytest.approx(e.speed, rel=0.002)
+    assert m.pitch_semitones == pytest.approx(e.pitch_semitones, abs=0.1)
+    assert m.score >= 0.9 * e.score
+
+
 @pytest.mark.parametrize("semitones", [2.0, -2.0])
 def test_pitch_shift(catalogue, index, semitones):
     name = "track05.wav"

@@ -174,6 +174,48 @@ def test_open_segment_rejects_inconsistent_bucket_table(tmp_path):
         store.open_segment(path)
 
 
+def test_open_segment_rejects_decreasing_bucket_table(tmp_path):
+    """Look-ups trust bucket ranges to stay inside the postings: a table that goes
+    back (or past the end) in the middle is refused when the segment is opened."""
+    path = tmp_path / "seg-000001.emk"
+    raw = bytearray(_write_small_segment(path))
+    pos = 64 + 4 * 1000                    # bucket 1000: an empty bucket between entries
+    raw[pos:pos + 4] = (7).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IndexError_, match="corrupt"):
+        store.open_segment(path)
+
+
+def test_lookups_skip_postings_whose_slot_is_outside_the_segment():
+    """A damaged posting naming a slot the segment does not have is ignored by both
+    matcher kernels (never read past the slot table), while intact postings still vote."""
+    from earmark.match import QueryLandmarks, SegmentView, collect_pairs, vote_hypotheses
+
+    key = int(hashes.pack_key(np.array([20]), np.array([hashes.DF_ZERO + 6]), np.array([10]))[0])
+    frames = np.arange(100, 400, 20, dtype=np.int64)              # 15 landmarks, one key each
+    keys = key + np.arange(frames.shape[0], dtype=np.int64)        # distinct dt bins
+    arrays = store.build_segment_arrays([3], [keys], [frames])
+    f1, df, dt = hashes.unpack_key(keys)
+    query = QueryLandmarks(time=(frames - 50).astype(np.float64),
+                           f1=(f1 + 0.5) * hashes.F1_STEP_SEMITONES,
+                           df=(df - hashes.DF_ZERO + 0.5) * hashes.DF_STEP_SEMITONES,
+                           dt=dt + hashes.DT_MIN_FRAMES + 0.5, duration=10.0)
+    damaged = arrays["postings"].copy()
+    damaged[:5] |= np.uint32(0xFFFF << hashes.FRAME_BITS)          # slot 65535: not in the segment
+
+    def run(postings):
+        view = SegmentView(arrays["bucket_start"], arrays["key_lo"], postings,
+                           arrays["slot_track"], arrays["slot_frame0"], np.ones(1, np.bool_))
+        votes = vote_hypotheses(query.time, query.f1, query.df, query.dt, np.array([1.0]),
+                                np.array([0.0]), *view.arrays(), 4.0, 0.0, 3)
+        pairs = collect_pairs(query.time, query.f1, query.df, query.dt, 1.0, 0.0, 3, 50.0, 1.0,
+                              2.0, *view.arrays(), 0.0)
+        return int(votes[4][0]), int(votes[3].max()), pairs[0].shape[0]
+
+    assert run(arrays["postings"]) == (15, 15, 15)
+    assert run(damaged) == (10, 10, 10)
+
+
 # --------------------------------------------------------------------------- manifest
 
 
