@@ -48,7 +48,10 @@ frames.  The number of chance-aligned landmarks is then ``Poisson(mu)`` with
 hypotheses, the probability that *any* reaches ``score`` is bounded by
 ``P = min(1, H F / (2 tol + 1) * P[Poisson(mu) >= score])``; ``significance =
 -log10 P``.  It grows with the score and shrinks with the index size and the query size
-(more postings visited).  Real music is burstier than Poisson, so the default threshold
+(more postings visited).  The bound is a *weighted* Bonferroni correction: half of the
+false-alarm budget goes to the identity hypothesis (the recording used as it is, the
+commonest case), half is shared by the ``H - 1`` transforms, so ``H`` is 2 for identity
+and ``2 (H - 1)`` for a transform (:func:`hypothesis_tests`).  Real music is burstier than Poisson, so the default threshold
 (``min_significance``) is set with margin on measured negatives (``fp bench``).
 """
 
@@ -471,6 +474,18 @@ def poisson_log10_sf(k: int, mu: float) -> float:
     return (first + math.log(total)) / math.log(10)
 
 
+def hypothesis_tests(n_hypotheses: int, h: np.ndarray | int) -> np.ndarray | float:
+    """Multiple-testing factor of hypothesis ``h`` (index 0 is identity) in a grid of
+    ``n_hypotheses``: weighted Bonferroni, half the budget on identity.
+
+    >>> float(hypothesis_tests(1, 0)), float(hypothesis_tests(143, 0)), float(hypothesis_tests(143, 5))
+    (1.0, 2.0, 284.0)
+    """
+    if n_hypotheses <= 1:
+        return np.ones_like(np.asarray(h), dtype=np.float64)
+    return np.where(np.asarray(h) == 0, 2.0, 2.0 * (n_hypotheses - 1))
+
+
 def _densest_run(q_frames: np.ndarray, max_gap_frames: float) -> np.ndarray:
     """Indices of the run of matched landmarks (gaps <= max_gap_frames in query time)
     holding the most matches.  A real use of a recording is dense in time; chance
@@ -485,7 +500,8 @@ def _densest_run(q_frames: np.ndarray, max_gap_frames: float) -> np.ndarray:
 
 
 def _significance(score: int, chance_pairs: int, run_frames: float, query_frames: float,
-                  track_frames: float, total_frames: float, tol_frames: float, n_hyp: int) -> float:
+                  track_frames: float, total_frames: float, tol_frames: float,
+                  hyp_tests: float) -> float:
     """``-log10`` of the chance probability of ``score`` aligned landmarks (module docstring).
 
     ``chance_pairs`` look-up hits on the track, spread over ``track_frames + query_frames``
@@ -497,7 +513,7 @@ def _significance(score: int, chance_pairs: int, run_frames: float, query_frames
     run_frames = min(max(run_frames, 1.0), max(query_frames, 1.0))
     mu = max(chance_pairs - score, 1) * band / (track_frames + query_frames) \
         * run_frames / max(query_frames, 1.0)
-    n_tests = n_hyp * (total_frames + query_frames) / band * max(query_frames, 1.0) / run_frames
+    n_tests = hyp_tests * (total_frames + query_frames) / band * max(query_frames, 1.0) / run_frames
     return max(0.0, -(math.log10(n_tests) + poisson_log10_sf(score, mu)))
 
 
@@ -595,7 +611,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     # Pre-filter with the same chance model as the final significance, on the coarse
     # two-bin window: refining a candidate costs two look-up passes.
     mu_pre = np.maximum(visits_total[top[:, 1]], 1) * (2.0 * W) / max(total_frames, 1.0)
-    log10_tests_pre = math.log10(n_h * max(total_frames, 1.0) / W)
+    log10_tests_pre = np.log10(hypothesis_tests(n_h, top[:, 1]) * max(total_frames, 1.0) / W)
     pre_sig = -(log10_tests_pre + np.array([poisson_log10_sf(int(k), float(m))
                                              for k, m in zip(top[:, 0], mu_pre)]))
     top = top[pre_sig >= PREFILTER_FRACTION * mcfg.min_significance]
@@ -656,7 +672,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         x = query.time[q_idx]
         significance = _significance(score, chance_pairs, float(x.max() - x.min()) + max_gap_frames,
                                      query_frames, track_frames.get(track, total_frames),
-                                     total_frames, tol_final, n_h)
+                                     total_frames, tol_final, float(hypothesis_tests(n_h, h)))
         tried.append((b, slope))
         contrast = track_contrast(track_best, track, score0,
                                   floor=CONTRAST_FLOOR_FRACTION * mcfg.min_score)
