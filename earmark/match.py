@@ -517,12 +517,27 @@ def _significance(score: int, chance_pairs: int, run_frames: float, query_frames
     return max(0.0, -(math.log10(n_tests) + poisson_log10_sf(score, mu)))
 
 
+def _min_count(mu: float, log10_budget: float, upper: int) -> int:
+    """Smallest ``k`` with ``log10 P[Poisson(mu) >= k] <= -log10_budget`` (``upper`` if
+    none below it): the tail probability falls with ``k``, so bisect."""
+    lo, hi = 0, max(upper, 1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if poisson_log10_sf(mid, mu) <= -log10_budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def _fit_line(x: np.ndarray, y: np.ndarray, slope0: float, min_span: float) -> tuple[float, float]:
     """Least-squares ``y = b + s x``; falls back to slope ``slope0`` for short spans."""
     if x.shape[0] >= 3 and float(x.max() - x.min()) >= min_span:
-        s, b = np.polyfit(x, y, 1)
+        xm, ym = float(x.mean()), float(y.mean())
+        dx = x - xm
+        s = float(dx @ (y - ym)) / float(dx @ dx)
         if abs(s / slope0 - 1.0) < 0.05:
-            return float(b), float(s)
+            return ym - s * xm, s
     return float(np.median(y - slope0 * x)), slope0
 
 
@@ -610,12 +625,16 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     top = cands[order[: 8 * max_refine]]
     # Pre-filter with the same chance model as the final significance, on the coarse
     # two-bin window: refining a candidate costs two look-up passes.
-    mu_pre = np.maximum(visits_total[top[:, 1]], 1) * (2.0 * W) / max(total_frames, 1.0)
-    log10_tests_pre = np.log10(hypothesis_tests(n_h, top[:, 1]) * max(total_frames, 1.0) / W)
-    pre_sig = -(log10_tests_pre + np.array([poisson_log10_sf(int(k), float(m))
-                                             for k, m in zip(top[:, 0], mu_pre)]))
-    top = top[pre_sig >= PREFILTER_FRACTION * mcfg.min_significance]
-    candidates = [tuple(int(v) for v in row) for row in top]
+    # The chance rate depends on the hypothesis only, so each hypothesis gets a minimum
+    # vote count (significance grows with the count).
+    pre_min_score = {}
+    for h in np.unique(top[:, 1]).tolist():
+        mu = max(int(visits_total[h]), 1) * (2.0 * W) / max(total_frames, 1.0)
+        log10_tests = math.log10(float(hypothesis_tests(n_h, h)) * max(total_frames, 1.0) / W)
+        pre_min_score[h] = _min_count(mu, log10_tests + PREFILTER_FRACTION * mcfg.min_significance,
+                                      int(top[:, 0].max()) + 1)
+    keep = top[:, 0] >= np.array([pre_min_score[h] for h in top[:, 1].tolist()], dtype=np.int64)
+    candidates = top[keep].tolist()
     tol_final = mcfg.inlier_seconds / fcfg.frame_seconds
     max_gap_frames = mcfg.max_gap_seconds / fcfg.frame_seconds
     query_frames = query.duration / fcfg.frame_seconds
