@@ -129,6 +129,39 @@ def _probe_keys(f1: float, df: float, dt: float, margin: float, out_keys: np.nda
     return n
 
 
+#: Buckets up to this size are scanned; larger ones (big catalogues) are bisected.
+_LINEAR_BUCKET = 32
+
+
+@njit(cache=True, nogil=True)
+def _lower_bound(key_lo: np.ndarray, first: int, last: int, lo: int) -> int:
+    """First position in ``[first, last)`` whose ``key_lo`` is ``>= lo`` (sorted run)."""
+    if last - first <= _LINEAR_BUCKET:
+        while first < last and key_lo[first] < lo:
+            first += 1
+        return first
+    while first < last:
+        mid = (first + last) // 2
+        if key_lo[mid] < lo:
+            first = mid + 1
+        else:
+            last = mid
+    return first
+
+
+@njit(cache=True, nogil=True)
+def _key_range(bucket_start: np.ndarray, key_lo: np.ndarray, key: int) -> tuple[int, int]:
+    """Postings ``[first, last)`` of ``key``: its bucket, then the run of its low bits
+    (postings are sorted by key within a bucket).  An unsorted (damaged) bucket can only
+    give wrong postings, never a read outside the bucket."""
+    bucket = key >> hashes.LO_BITS
+    lo = key & _LO_MASK
+    first = np.int64(bucket_start[bucket])  # (uint32 + int64 would be float in Numba)
+    last = np.int64(bucket_start[bucket + 1])
+    start = _lower_bound(key_lo, first, last, lo)
+    return start, _lower_bound(key_lo, start, last, lo + 1)
+
+
 @njit(cache=True)
 def _table_insert(keys: np.ndarray, counts: np.ndarray, key: int) -> int:
     """Open-addressing increment; returns the slot index, or -1 if the key was new and
@@ -162,7 +195,8 @@ def _table_get(keys: np.ndarray, counts: np.ndarray, key: int) -> int:
 
 @njit(cache=True, nogil=True)
 def _vote_one(s, p, q_time, q_f1, q_df, q_dt, bucket_start, key_lo, postings, slot_track,
-              slot_frame0, slot_live, offset_bin_frames, probe_margin, keys, counts, touched):
+              slot_frame0, slot_live, offset_bin_frames, probe_margin, max_key_postings,
+              keys, counts, touched):
     """Votes of one hypothesis into the (empty) table.  Returns ``(n_touched, visits)``,
     or ``(-1, 0)`` when the table is too small (the caller grows it and retries; keeping
     the arrays fixed here lets the compiler keep the hot loop tight)."""
@@ -179,11 +213,10 @@ def _vote_one(s, p, q_time, q_f1, q_df, q_dt, bucket_start, key_lo, postings, sl
         t_ref = q_time[j] * s
         for k in range(n_keys):
             key = probe_keys[k]
-            bucket = key >> hashes.LO_BITS
-            lo = key & _LO_MASK
-            for i in range(bucket_start[bucket], bucket_start[bucket + 1]):
-                if key_lo[i] != lo:
-                    continue
+            first, last = _key_range(bucket_start, key_lo, key)
+            if last - first > max_key_postings:  # a stop key (see vote_hypotheses)
+                continue
+            for i in range(first, last):
                 post = postings[i]
                 slot = post >> hashes.FRAME_BITS
                 if slot >= n_slots:  # untrusted file: never read past the slot table
@@ -209,13 +242,19 @@ def _vote_one(s, p, q_time, q_f1, q_df, q_dt, bucket_start, key_lo, postings, sl
 @njit(cache=True, nogil=True)
 def vote_hypotheses(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch,
                     bucket_start, key_lo, postings, slot_track, slot_frame0, slot_live,
-                    offset_bin_frames, probe_margin, min_score):
+                    offset_bin_frames, probe_margin, min_score, max_key_postings):
     """Offset-vote histogram per hypothesis; returns the cells that reach ``min_score``.
 
     For hypothesis ``h`` each query landmark is mapped to reference coordinates
     (``t * s``, ``f1 - p``, ``dt * s``), quantised with multi-probing, and looked up; each
     posting found votes for (track, offset bin) with ``offset = ref_frame - s * t``.  A
     cell's score is its count plus the larger neighbouring count (alignment drift).
+
+    A key holding more than ``max_key_postings`` postings is a *stop key* and casts no
+    votes: its postings are mostly chance (every chord and drum pattern shares them), so
+    skipping it removes far more chance votes than true ones, and at catalogue scale
+    these few keys are most of the postings a query visits.  (The evidence collected for
+    a candidate afterwards, :func:`collect_pairs`, uses every key.)
 
     Returns
     -------
@@ -238,8 +277,8 @@ def vote_hypotheses(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch,
         while True:
             n_touched, v = _vote_one(hyp_scale[h], hyp_pitch[h], q_time, q_f1, q_df, q_dt,
                                      bucket_start, key_lo, postings, slot_track, slot_frame0,
-                                     slot_live, offset_bin_frames, probe_margin, keys, counts,
-                                     touched)
+                                     slot_live, offset_bin_frames, probe_margin,
+                                     max_key_postings, keys, counts, touched)
             if n_touched >= 0:
                 break
             cap *= 2
@@ -309,11 +348,8 @@ def collect_pairs(q_time, q_f1, q_df, q_dt, scale, pitch, track, line_b, line_s,
         predicted = line_b + line_s * q_time[j]
         for k in range(n_keys):
             key = probe_keys[k]
-            bucket = key >> hashes.LO_BITS
-            lo = key & _LO_MASK
-            for i in range(bucket_start[bucket], bucket_start[bucket + 1]):
-                if key_lo[i] != lo:
-                    continue
+            first, last = _key_range(bucket_start, key_lo, key)
+            for i in range(first, last):
                 post = postings[i]
                 slot = post >> hashes.FRAME_BITS
                 if slot >= n_slots:  # untrusted file: never read past the slot table
@@ -551,9 +587,22 @@ def _unique_count(q_idx: np.ndarray, post_idx: np.ndarray, keys: np.ndarray) -> 
                    np.unique(keys).shape[0]))
 
 
+def stop_key_limit(n_postings: int, ratio: float, min_postings: int) -> int:
+    """Postings above which a key of a segment is a stop key: ``ratio`` times the mean
+    postings per key (scale-free: the same share of keys at any catalogue size), never
+    below ``min_postings`` (small indexes have no stop keys).
+
+    >>> stop_key_limit(1 << 20, 32.0, 64), stop_key_limit(100 << 20, 32.0, 64)
+    (64, 3200)
+    """
+    if not math.isfinite(ratio):
+        return 1 << 62
+    return int(max(min_postings, ratio * n_postings / float(1 << hashes.KEY_BITS)))
+
+
 def _vote_grid(query: QueryLandmarks, hyp_index: np.ndarray, hyp_s: np.ndarray, hyp_p: np.ndarray,
                segments: list[SegmentView], offset_bin_frames: int, probe_margin: float,
-               min_score: int, n_threads: int) -> tuple[np.ndarray, np.ndarray]:
+               min_score: int, n_threads: int, mcfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
     """Vote the hypotheses ``hyp_index`` of the grid in every segment.
 
     Hypotheses are independent: they are split over threads (the kernel releases the GIL).
@@ -568,7 +617,9 @@ def _vote_grid(query: QueryLandmarks, hyp_index: np.ndarray, hyp_s: np.ndarray, 
         si, hs = job
         ch, ct, cb, cs, visits = vote_hypotheses(
             query.time, query.f1, query.df, query.dt, hyp_s[hs], hyp_p[hs],
-            *segments[si].arrays(), float(offset_bin_frames), probe_margin, min_score)
+            *segments[si].arrays(), float(offset_bin_frames), probe_margin, min_score,
+            stop_key_limit(segments[si].postings.shape[0], mcfg.stop_key_ratio,
+                           mcfg.stop_key_min_postings))
         return si, hs, ch, ct, cb, cs, visits
 
     if len(jobs) > 1 and n_threads > 1:
@@ -600,7 +651,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         # Coarse to fine: vote every transform with the strongest landmarks, then vote
         # identity and the strongest transforms with all of them.
         coarse_cands, _ = _vote_grid(coarse, np.arange(1, n_h), hyp_s, hyp_p, segments, W,
-                                     mcfg.probe_margin, mcfg.coarse_min_score, n_threads)
+                                     mcfg.probe_margin, mcfg.coarse_min_score, n_threads, mcfg)
         best = np.zeros(n_h, dtype=np.int64)
         np.maximum.at(best, coarse_cands[:, 1], coarse_cands[:, 0])
         ranked = np.lexsort((np.arange(n_h), -best))
@@ -609,7 +660,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     else:
         chosen = np.arange(n_h)
     all_cands, visits_total = _vote_grid(query, chosen, hyp_s, hyp_p, segments, W,
-                                         mcfg.probe_margin, mcfg.min_score, n_threads)
+                                         mcfg.probe_margin, mcfg.min_score, n_threads, mcfg)
     track_best: dict[int, int] = {}
     if all_cands.shape[0]:
         order_t = np.lexsort((-all_cands[:, 0], all_cands[:, 2]))

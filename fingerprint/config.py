@@ -175,6 +175,11 @@ class MatchConfig:
         coarse stage (every hypothesis with every landmark).
     coarse_min_score : int
         Cells under this coarse vote count do not make a hypothesis a contender.
+    stop_key_ratio, stop_key_min_postings : float, int
+        In the votes, a key holding more than ``stop_key_ratio`` times the mean postings
+        per key (and more than ``stop_key_min_postings``) is a stop key and is skipped:
+        a few very common keys are most of the postings a query visits, nearly all of
+        them chance (:func:`earmark.match.vote_hypotheses`).  ``inf`` disables.
     threads : int
         Threads for the hypothesis search of one query (0 = one per core).  Batch
         scans with one worker process per core use 1.
@@ -201,6 +206,8 @@ class MatchConfig:
     coarse_fan_out: int = 3
     refine_hypotheses: int = 8
     coarse_min_score: int = 4
+    stop_key_ratio: float = 32.0
+    stop_key_min_postings: int = 64
     threads: int = 0
     derivation: bool = True
 

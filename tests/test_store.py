@@ -207,13 +207,56 @@ def test_lookups_skip_postings_whose_slot_is_outside_the_segment():
         view = SegmentView(arrays["bucket_start"], arrays["key_lo"], postings,
                            arrays["slot_track"], arrays["slot_frame0"], np.ones(1, np.bool_))
         votes = vote_hypotheses(query.time, query.f1, query.df, query.dt, np.array([1.0]),
-                                np.array([0.0]), *view.arrays(), 4.0, 0.0, 3)
+                                np.array([0.0]), *view.arrays(), 4.0, 0.0, 3, 1 << 62)
         pairs = collect_pairs(query.time, query.f1, query.df, query.dt, 1.0, 0.0, 3, 50.0, 1.0,
                               2.0, *view.arrays(), 0.0)
         return int(votes[4][0]), int(votes[3].max()), pairs[0].shape[0]
 
     assert run(arrays["postings"]) == (15, 15, 15)
     assert run(damaged) == (10, 10, 10)
+
+
+@pytest.mark.parametrize("per_key", [1, 3, 40])   # small buckets are scanned, large bisected
+def test_key_range_finds_exactly_the_postings_of_a_key(per_key):
+    from earmark.match import _key_range
+
+    rng = np.random.default_rng(per_key)
+    keys = rng.integers(0, 1 << 10, 600 * per_key).astype(np.int64) * 997 % (1 << hashes.KEY_BITS)
+    arrays = store.build_segment_arrays([1], [keys], [np.arange(keys.shape[0]) % 60000])
+    sorted_keys = np.sort(keys)
+    for key in np.concatenate([keys[:50], rng.integers(0, 1 << hashes.KEY_BITS, 50)]):
+        first, last = _key_range(arrays["bucket_start"], arrays["key_lo"], int(key))
+        assert (first, last) == (np.searchsorted(sorted_keys, key, "left"),
+                                 np.searchsorted(sorted_keys, key, "right"))
+
+
+def test_stop_keys_cast_no_votes():
+    """A key holding more postings than the limit is skipped by the vote; the others vote."""
+    from earmark.match import QueryLandmarks, SegmentView, stop_key_limit, vote_hypotheses
+
+    common = int(hashes.pack_key(np.array([30]), np.array([hashes.DF_ZERO]), np.array([4]))[0])
+    rare = common + 1
+    keys = np.array([common] * 50 + [rare] * 5, dtype=np.int64)
+    arrays = store.build_segment_arrays([7], [keys], [np.arange(55, dtype=np.int64) * 10])
+    view = SegmentView(arrays["bucket_start"], arrays["key_lo"], arrays["postings"],
+                       arrays["slot_track"], arrays["slot_frame0"], np.ones(1, np.bool_))
+    f1, df, dt = hashes.unpack_key(np.array([common, rare]))
+    query = QueryLandmarks(time=np.array([0.0, 0.0]), f1=(f1 + 0.5) * hashes.F1_STEP_SEMITONES,
+                           df=(df - hashes.DF_ZERO + 0.5) * hashes.DF_STEP_SEMITONES,
+                           dt=dt + hashes.DT_MIN_FRAMES + 0.5, duration=1.0)
+
+    def visits(limit):
+        out = vote_hypotheses(query.time, query.f1, query.df, query.dt, np.array([1.0]),
+                              np.array([0.0]), *view.arrays(), 4.0, 0.0, 100, limit)
+        return int(out[4][0])
+
+    assert visits(1 << 62) == 55
+    assert visits(10) == 5            # the 50-posting key is a stop key
+    assert visits(4) == 0
+    # The limit scales with the segment (mean postings per key), never below the floor.
+    assert stop_key_limit(1 << 20, 32.0, 64) == 64
+    assert stop_key_limit(1000 << 20, 32.0, 64) == 32000
+    assert stop_key_limit(1000 << 20, float("inf"), 64) > 10**15
 
 
 # --------------------------------------------------------------------------- manifest
