@@ -25,47 +25,111 @@ from numba import njit
 from .config import FingerprintConfig, PeakConfig
 
 
+#: Frames per tile of the peak search: a tile's scratch arrays stay in the L2 cache, and
+#: no array of the size of the spectrogram is allocated (fresh pages cost page faults).
+TILE_FRAMES = 128
+
+
+@njit(cache=True, inline="never")
+def _pairwise_max(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = max(a[i], b[i])``.  A separate (not inlined) function, so that LLVM sees
+    plain unit-stride loops and emits SIMD maxima."""
+    for i in range(out.shape[0]):
+        x = a[i]
+        y = b[i]
+        out[i] = x if x > y else y
+
+
 @njit(cache=True)
-def _max_filter_2d(S: np.ndarray, radius_frames: int, radius_bins: int) -> np.ndarray:
-    """Separable running maximum over +-radius_frames x +-radius_bins."""
+def _running_max(src: np.ndarray, dst: np.ndarray, window: int, step: int) -> np.ndarray:
+    """``max(x[i], x[i + step], ..., x[i + (window - 1) * step])`` of a 1-D array ``x``.
+
+    By doubling: about ``log2(window)`` passes, each an element-wise maximum of the array
+    and a shifted copy of itself, instead of ``window`` comparisons per element.
+
+    Parameters
+    ----------
+    src : np.ndarray
+        ``x``; used as scratch (overwritten).
+    dst : np.ndarray
+        Scratch of the same size.
+
+    Returns
+    -------
+    np.ndarray
+        ``src`` or ``dst``, whichever holds the result.  Only its first
+        ``x.size - (window - 1) * step`` values are defined.
+    """
+    n = src.shape[0]
+    p = 1  # src[i] is the maximum of p terms from i (for i < n - (p - 1) * step)
+    while 2 * p <= window:
+        m = n - (2 * p - 1) * step
+        _pairwise_max(src[:m], src[p * step:p * step + m], dst[:m])
+        src, dst = dst, src
+        p *= 2
+    # Two overlapping p-term windows, window - p apart, make the window-term maximum.
+    m = n - (window - 1) * step
+    shift = (window - p) * step
+    _pairwise_max(src[:m], src[shift:shift + m], dst[:m])
+    return dst
+
+
+@njit(cache=True)
+def _tile_max_filter(S: np.ndarray, t0: int, t1: int, radius_frames: int, radius_bins: int,
+                     scratch: np.ndarray) -> np.ndarray:
+    """Maximum of ``S`` over +-radius_frames x +-radius_bins (truncated at the edges), for
+    frames ``[t0, t1)``.
+
+    Separable: the rows ``t0 - radius_frames .. t1 + radius_frames`` are padded with
+    ``-inf`` on both axes and reduced by :func:`_running_max`, along bins with step 1 and
+    along frames with a step of one row.
+
+    Parameters
+    ----------
+    scratch : np.ndarray, float32, shape (2, >= (t1 - t0 + 2 * radius_frames) * (n_bins + 2 * radius_bins))
+
+    Returns
+    -------
+    np.ndarray, shape (t1 - t0, n_bins)
+        A view into ``scratch``.
+    """
     n_frames, n_bins = S.shape
-    along_bins = np.empty_like(S)
-    for t in range(n_frames):
-        for b in range(n_bins):
-            lo = max(0, b - radius_bins)
-            hi = min(n_bins, b + radius_bins + 1)
-            m = S[t, lo]
-            for k in range(lo + 1, hi):
-                if S[t, k] > m:
-                    m = S[t, k]
-            along_bins[t, b] = m
+    width = n_bins + 2 * radius_bins
+    n_rows = t1 - t0 + 2 * radius_frames
+    padded = scratch[0, : n_rows * width]
+    padded[:] = -np.inf
+    for r in range(n_rows):
+        t = t0 - radius_frames + r
+        if 0 <= t < n_frames:
+            padded[r * width + radius_bins:r * width + radius_bins + n_bins] = S[t]
+    along_bins = _running_max(padded, scratch[1, : n_rows * width], 2 * radius_bins + 1, 1)
+    # Compact the rows (drop the bin padding) into the other scratch row for the time pass.
+    rows = scratch[0] if along_bins is scratch[1] else scratch[1]
+    for r in range(n_rows):
+        rows[r * n_bins:(r + 1) * n_bins] = along_bins[r * width:r * width + n_bins]
+    rows = rows[: n_rows * n_bins]
+    both = _running_max(rows, along_bins[: n_rows * n_bins], 2 * radius_frames + 1, n_bins)
+    return both[: (t1 - t0) * n_bins].reshape(t1 - t0, n_bins)
+
+
+@njit(cache=True)
+def _max_filter_scratch(tile_frames: int, n_bins: int, radius_frames: int,
+                        radius_bins: int) -> np.ndarray:
+    """Scratch for :func:`_tile_max_filter` on tiles of up to ``tile_frames`` frames."""
+    return np.empty((2, (tile_frames + 2 * radius_frames) * (n_bins + 2 * radius_bins)),
+                    dtype=np.float32)
+
+
+@njit(cache=True)
+def _max_filter_2d(S: np.ndarray, radius_frames: int, radius_bins: int,
+                   tile_frames: int = TILE_FRAMES) -> np.ndarray:
+    """Running maximum over +-radius_frames x +-radius_bins (truncated at the edges)."""
+    n_frames, n_bins = S.shape
     out = np.empty_like(S)
-    for t in range(n_frames):
-        lo = max(0, t - radius_frames)
-        hi = min(n_frames, t + radius_frames + 1)
-        for b in range(n_bins):
-            m = along_bins[lo, b]
-            for k in range(lo + 1, hi):
-                if along_bins[k, b] > m:
-                    m = along_bins[k, b]
-            out[t, b] = m
-    return out
-
-
-@njit(cache=True)
-def _time_mean(S: np.ndarray, radius_frames: int) -> np.ndarray:
-    """Mean of each bin over +-radius_frames (truncated at the edges)."""
-    n_frames, n_bins = S.shape
-    csum = np.zeros((n_frames + 1, n_bins), dtype=np.float64)
-    for t in range(n_frames):
-        for b in range(n_bins):
-            csum[t + 1, b] = csum[t, b] + S[t, b]
-    out = np.empty(S.shape, dtype=np.float32)
-    for t in range(n_frames):
-        lo = max(0, t - radius_frames)
-        hi = min(n_frames, t + radius_frames + 1)
-        for b in range(n_bins):
-            out[t, b] = (csum[hi, b] - csum[lo, b]) / (hi - lo)
+    scratch = _max_filter_scratch(tile_frames, n_bins, radius_frames, radius_bins)
+    for t0 in range(0, n_frames, tile_frames):
+        t1 = min(t0 + tile_frames, n_frames)
+        out[t0:t1] = _tile_max_filter(S, t0, t1, radius_frames, radius_bins, scratch)
     return out
 
 
@@ -86,8 +150,12 @@ def _parabolic_offset(left: float, centre: float, right: float) -> float:
 @njit(cache=True)
 def find_candidate_peaks(S: np.ndarray, radius_frames: int, radius_bins: int,
                          prominence_frames: int, min_prominence_db: float,
-                         first_frame: int, end_frame: int):
+                         first_frame: int, end_frame: int, tile_frames: int = TILE_FRAMES):
     """Local maxima of ``S`` that are prominent enough, in frames ``[first_frame, end_frame)``.
+
+    Frames are searched in tiles of ``tile_frames`` (the result does not depend on it).  A bin's mean over
+    +-``prominence_frames`` comes from a running sum over frames (float64, from frame 0,
+    kept in a ring of rows) and is only evaluated at local maxima.
 
     Returns
     -------
@@ -96,41 +164,61 @@ def find_candidate_peaks(S: np.ndarray, radius_frames: int, radius_bins: int,
     prominence : float32 array (dB above the bin's local mean)
     """
     n_frames, n_bins = S.shape
-    local_max = _max_filter_2d(S, radius_frames, radius_bins)
-    mean = _time_mean(S, prominence_frames)
+    t_begin = max(first_frame, 0)
+    t_end = min(end_frame, n_frames)
+    scratch = _max_filter_scratch(tile_frames, n_bins, radius_frames, radius_bins)
+    # csum[r & mask] = S[:r].sum(axis=0), for the rows r a tile's means need.
+    ring = 1
+    while ring < tile_frames + 2 * prominence_frames + 2:
+        ring *= 2
+    mask = ring - 1
+    csum = np.zeros((ring, n_bins), dtype=np.float64)
+    n_summed = 0
     cap = 1024
     frames = np.empty(cap, dtype=np.float64)
     bins = np.empty(cap, dtype=np.float64)
     prom = np.empty(cap, dtype=np.float32)
     n = 0
-    for t in range(max(first_frame, 0), min(end_frame, n_frames)):
-        # Edge bins are not maxima of a neighbourhood (energy outside the range piles up
-        # there, e.g. every kick drum at fmin): never peaks.
-        for b in range(1, n_bins - 1):
-            v = S[t, b]
-            if v != local_max[t, b]:
-                continue
-            p = v - mean[t, b]
-            if p < min_prominence_db:
-                continue
-            # Plateaus: keep only the first point of equal maxima.
-            if (t > 0 and S[t - 1, b] == v) or (b > 0 and S[t, b - 1] == v):
-                continue
-            dt = 0.0
-            if 0 < t < n_frames - 1:
-                dt = _parabolic_offset(S[t - 1, b], v, S[t + 1, b])
-            db = 0.0
-            if 0 < b < n_bins - 1:
-                db = _parabolic_offset(S[t, b - 1], v, S[t, b + 1])
-            if n == cap:
-                cap *= 2
-                frames = np.resize(frames, cap)
-                bins = np.resize(bins, cap)
-                prom = np.resize(prom, cap)
-            frames[n] = t + dt
-            bins[n] = b + db
-            prom[n] = p
-            n += 1
+    for t0 in range(t_begin, t_end, tile_frames):
+        t1 = min(t0 + tile_frames, t_end)
+        local_max = _tile_max_filter(S, t0, t1, radius_frames, radius_bins, scratch)
+        while n_summed < min(n_frames, t1 + prominence_frames):
+            prev = csum[n_summed & mask]
+            cur = csum[(n_summed + 1) & mask]
+            for b in range(n_bins):
+                cur[b] = prev[b] + S[n_summed, b]
+            n_summed += 1
+        for t in range(t0, t1):
+            lo = max(0, t - prominence_frames)
+            hi = min(n_frames, t + prominence_frames + 1)
+            # Edge bins are not maxima of a neighbourhood (energy outside the range piles
+            # up there, e.g. every kick drum at fmin): never peaks.
+            for b in range(1, n_bins - 1):
+                v = S[t, b]
+                if v != local_max[t - t0, b]:
+                    continue
+                mean = np.float32((csum[hi & mask, b] - csum[lo & mask, b]) / (hi - lo))
+                p = v - mean
+                if p < min_prominence_db:
+                    continue
+                # Plateaus: keep only the first point of equal maxima.
+                if (t > 0 and S[t - 1, b] == v) or (b > 0 and S[t, b - 1] == v):
+                    continue
+                dt = 0.0
+                if 0 < t < n_frames - 1:
+                    dt = _parabolic_offset(S[t - 1, b], v, S[t + 1, b])
+                db = 0.0
+                if 0 < b < n_bins - 1:
+                    db = _parabolic_offset(S[t, b - 1], v, S[t, b + 1])
+                if n == cap:
+                    cap *= 2
+                    frames = np.resize(frames, cap)
+                    bins = np.resize(bins, cap)
+                    prom = np.resize(prom, cap)
+                frames[n] = t + dt
+                bins[n] = b + db
+                prom[n] = p
+                n += 1
     return frames[:n], bins[:n], prom[:n]
 
 
