@@ -650,10 +650,18 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     if coarse is not None and mcfg.refine_hypotheses > 0 and n_h > 1 + mcfg.refine_hypotheses:
         # Coarse to fine: vote every transform with the strongest landmarks, then vote
         # identity and the strongest transforms with all of them.
-        coarse_cands, _ = _vote_grid(coarse, np.arange(1, n_h), hyp_s, hyp_p, segments, W,
-                                     mcfg.probe_margin, mcfg.coarse_min_score, n_threads, mcfg)
+        coarse_cands, coarse_visits = _vote_grid(coarse, np.arange(1, n_h), hyp_s, hyp_p,
+                                                 segments, W, mcfg.probe_margin,
+                                                 mcfg.coarse_min_score, n_threads, mcfg)
         best = np.zeros(n_h, dtype=np.int64)
         np.maximum.at(best, coarse_cands[:, 1], coarse_cands[:, 0])
+        # A transform is a contender only if its best coarse cell is itself unlikely by
+        # chance (same model as the pre-filter, on the coarse landmarks' visits).
+        for h in np.flatnonzero(best).tolist():
+            mu = max(int(coarse_visits[h]), 1) * (2.0 * W) / max(total_frames, 1.0)
+            log10_tests = math.log10(float(hypothesis_tests(n_h, h)) * max(total_frames, 1.0) / W)
+            if best[h] < _min_count(mu, log10_tests + mcfg.coarse_min_significance, int(best[h]) + 1):
+                best[h] = 0
         ranked = np.lexsort((np.arange(n_h), -best))
         ranked = ranked[best[ranked] > 0][: mcfg.refine_hypotheses]
         chosen = np.unique(np.concatenate([[0], ranked]))

@@ -175,6 +175,12 @@ class MatchConfig:
         coarse stage (every hypothesis with every landmark).
     coarse_min_score : int
         Cells under this coarse vote count do not make a hypothesis a contender.
+    coarse_min_significance : float
+        Nor do transforms whose best coarse cell has a chance significance (the model
+        of :mod:`earmark.match`) under this: a query that uses nothing transformed -
+        most queries - then votes identity alone with all its landmarks.  5 is a
+        quarter of ``min_significance``, as the coarse set is ~1/7 of the landmarks; on
+        the dev corpus no transformed hit needed less (10 lost none either).
     stop_key_ratio, stop_key_min_postings : float, int
         In the votes, a key holding more than ``stop_key_ratio`` times the mean postings
         per key (and more than ``stop_key_min_postings``) is a stop key and is skipped:
@@ -206,6 +212,7 @@ class MatchConfig:
     coarse_fan_out: int = 3
     refine_hypotheses: int = 8
     coarse_min_score: int = 4
+    coarse_min_significance: float = 5.0
     stop_key_ratio: float = 32.0
     stop_key_min_postings: int = 64
     threads: int = 0
