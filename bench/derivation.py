@@ -522,11 +522,36 @@ def run_derivation_bench(out_dir: str | os.PathLike, seed: int = 0, n_pieces: in
 
     def run(y: np.ndarray) -> tuple[list, float]:
         t = time.perf_counter()
-        ms = drv._candidates(store, y, SR, None, cfg, None)
+        ms = drv._candidates(store, y, SR, None, cfg, None, per_track=False)
         return ms, time.perf_counter() - t
 
     def flagged(cands: list) -> list:
-        return [m for m, contrast in cands if drv.is_flag(m, contrast, cfg)]
+        return [c.match for c in cands if drv.is_flag(c, cfg)]
+
+    def by_view(cands: list) -> dict[str, dict[str, float]]:
+        """Per view, for calibration: the strongest candidate's significance and contrast,
+        and each rule's margin with the other rules passed (the contrast of candidates
+        that are significant enough, the significance of those contrasted enough)."""
+        out = {}
+        for v in cfg.views():
+            cv = [c for c in cands if c.view == v]
+            _, min_contrast, _ = cfg.view_thresholds(v)
+            sig_ok = [c for c in cv if c.match.significance >= cfg.min_significance
+                      and c.match.score >= cfg.min_votes]
+            con_ok = [c for c in cv if c.contrast >= min_contrast and c.match.score >= cfg.min_votes]
+            out[v] = {"max_significance": max((c.match.significance for c in cv), default=0.0),
+                      "max_contrast": round(max((c.contrast for c in cv), default=0.0), 3),
+                      "max_score": max((c.match.score for c in cv), default=0),
+                      "max_contrast_if_significant": round(max((c.contrast for c in sig_ok),
+                                                               default=0.0), 3),
+                      "max_significance_if_contrasted": max((c.match.significance for c in con_ok),
+                                                            default=0.0)}
+        return out
+
+    def calibration(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+        return {v: {k: max((r[v][k] for r in rows), default=0.0)
+                    for k in ("max_significance", "max_contrast_if_significant",
+                              "max_significance_if_contrasted")} for v in cfg.views()}
 
     rows: dict[str, dict[str, Any]] = {}
     latencies: list[float] = []
@@ -534,17 +559,23 @@ def run_derivation_bench(out_dir: str | os.PathLike, seed: int = 0, n_pieces: in
     say("matching")
     for q in queries:
         cands, el = run(q["y"])
-        ms = [m for m, _ in cands]
+        ms = [c.match for c in cands]
         latencies.append(el)
         fl = flagged(cands)
+        flag_view = next((c.view for c in cands if drv.is_flag(c, cfg)
+                          and c.match.reference.track_id == q["piece"]), None)
         right = [m for m in fl if m.reference.track_id == q["piece"]]
         wrong = [m for m in fl if m.reference.track_id != q["piece"]]
         best_right = next((m for m in ms if m.reference.track_id == q["piece"]), None)
         key_ok = bool(right) and int(right[0].pitch_semitones) == q["transpose"]
         tempo_err = abs(right[0].speed / q["tempo"] - 1) if right else None
-        per_query.append({"condition": q["condition"], "piece": q["piece"],
+        views = {c.view: {"significance": c.match.significance, "contrast": round(c.contrast, 3),
+                          "score": c.match.score, "key": c.match.pitch_semitones}
+                 for c in cands if c.match.reference.track_id == q["piece"]}
+        per_query.append({"condition": q["condition"], "piece": q["piece"], "views": views,
                           "transpose": q["transpose"], "tempo": q["tempo"],
-                          "flagged": bool(right), "key_ok": key_ok, "tempo_err": tempo_err,
+                          "flagged": bool(right), "view": flag_view,
+                          "key_ok": key_ok, "tempo_err": tempo_err,
                           "significance": best_right.significance if best_right else 0.0,
                           "score": best_right.score if best_right else 0,
                           "wrong_flags": len(wrong),
@@ -561,11 +592,13 @@ def run_derivation_bench(out_dir: str | os.PathLike, seed: int = 0, n_pieces: in
                    "wrong_piece_flag_rate": sum(p["wrong_flags"] > 0 for p in pq) / len(pq)}
     neg_sig = []
     neg_flags = 0
+    neg_rows = []
     for y in negatives:
         cands, el = run(y)
         latencies.append(el)
-        neg_sig.append(max((m.significance for m, _ in cands), default=0.0))
+        neg_sig.append(max((c.match.significance for c in cands), default=0.0))
         neg_flags += bool(flagged(cands))
+        neg_rows.append(by_view(cands))
     real_rows = []
     real_flags = 0
     if other_dir and Path(other_dir).is_dir():
@@ -578,8 +611,10 @@ def run_derivation_bench(out_dir: str | os.PathLike, seed: int = 0, n_pieces: in
             fl = flagged(cands)
             real_flags += bool(fl)
             real_rows.append({"file": f, "offset": round(off, 1),
-                              "max_significance": max((m.significance for m, _ in cands), default=0.0),
-                              "max_contrast": max((c for _, c in cands), default=0.0),
+                              "max_significance": max((c.match.significance for c in cands),
+                                                      default=0.0),
+                              "max_contrast": max((c.contrast for c in cands), default=0.0),
+                              "views": by_view(cands),
                               "flagged": [m.reference.track_id for m in fl]})
     n_wrong = sum(p["wrong_flags"] > 0 for p in per_query)
     lat = np.array(latencies)
@@ -594,8 +629,10 @@ def run_derivation_bench(out_dir: str | os.PathLike, seed: int = 0, n_pieces: in
                       "p99_significance": float(np.percentile(neg_sig, 99)) if neg_sig else 0.0},
         "real_negatives": {"queries": len(real_rows), "flags": real_flags,
                            "max_significance": float(max((r["max_significance"] for r in real_rows), default=0.0)),
-                           "source": other_dir},
+                           "source": str(other_dir) if other_dir else None},
         "real_catalogue_tracks": len(real_cat),
+        "calibration": {"synthetic_negatives": calibration(neg_rows),
+                        "real_negatives": calibration([r["views"] for r in real_rows])},
         "positives_significance_p10": {c: float(np.percentile([p["significance"] for p in per_query
                                                                if p["condition"] == c], 10))
                                        for c in CONDITIONS},
@@ -611,7 +648,8 @@ def run_derivation_bench(out_dir: str | os.PathLike, seed: int = 0, n_pieces: in
         say("scale")
         res["scale"] = scale_search_bench(max_vectors=2_000_000)
     (out / "results.json").write_text(json.dumps(res, indent=1))
-    (out / "queries.json").write_text(json.dumps({"positives": per_query, "real": real_rows}, indent=1))
+    (out / "queries.json").write_text(json.dumps({"positives": per_query, "real": real_rows,
+                                                  "negatives": neg_rows}, indent=1))
     (out / "results.md").write_text(results_markdown(res))
     return res
 
@@ -639,6 +677,12 @@ def results_markdown(res: dict[str, Any]) -> str:
               f" {res['latency_s']['p95']:.3f} s |",
               f"| index size | {res['index']['mb_per_catalogue_hour']:.2f} MB per catalogue hour |",
               f"| embedding time | {100 * res['embed_x_realtime']:.2f} % of real time |"]
+    for name, cal in res.get("calibration", {}).items():
+        for v, c in cal.items():
+            lines.append(f"| {name.replace('_', ' ')}, {v} view: max significance / contrast of"
+                         f" significant / significance of contrasted | {c['max_significance']:.2f}"
+                         f" / {c['max_contrast_if_significant']:.3f}"
+                         f" / {c['max_significance_if_contrasted']:.2f} |")
     if "scale" in res:
         s = res["scale"]
         lines.append(f"| search at {s['n_tracks']} tracks ({s['vectors_full']} vectors, IVF{s['nlist']}-PQ,"

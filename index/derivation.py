@@ -17,20 +17,29 @@ file in use.  Layout (little-endian, no pickle)::
     8   4  file format version (FORMAT_VERSION)
     12  4  embedding version (chroma.EMBED_VERSION)   16 4  dim
     20  4  index kind: 0 flat, 1 IVF-PQ               24 8  n_vectors
-    32  8  faiss blob bytes (0 for flat)             40 24 reserved
-    64  .. vec_track int64[n] | vec_start float32[n] | vectors float16[n, dim]
-           | faiss blob (faiss.serialize_index)          (each 64-byte aligned)
+    32  8  faiss blob bytes, chroma view (0 for flat)
+    40  8  faiss blob bytes, melody view (0 for flat) 48 16 reserved
+    64  .. vec_track int64[n] | vec_start float32[n] | chroma vectors float16[n, dim]
+           | melody vectors float16[n, dim] | chroma faiss blob | melody faiss blob
+           (each 64-byte aligned; blobs are faiss.serialize_index output)
 
-The float16 vectors are the source of truth (about 200 bytes per catalogue second with
-the ids: ~0.7 MB per catalogue hour); they are memory-mapped and serve the exact
-re-ranking and merges.  The FAISS structure is chosen per file from its size
-(:func:`choose_index_kind`):
+Format 1 files (chroma view only, embedding version 1) are refused with a one-line
+"re-index" error, as is any other embedding version: vectors of another recipe must
+never be compared with this one's.
 
-* ``n_vectors <= FLAT_MAX_VECTORS`` (40 000 vectors, ~11 catalogue hours): exact
+Two views share the rows (track, start): the whole-mix chroma patch and the melody
+patch (:mod:`earmark.fingerprint.chroma`, step 5; a zero melody row where the top line
+is silent or barely moves).  The float16 vectors are the source of truth (about 400
+bytes per catalogue second with the ids: ~1.4 MB per catalogue hour, ~1.8 MB with the
+IVF-PQ blobs); they are memory-mapped and serve the exact re-ranking and merges.  The
+FAISS structure is chosen per file from its size (:func:`choose_index_kind`), one per
+view:
+
+* ``n_vectors <= FLAT_MAX_VECTORS`` (20 000 vectors, ~5.5 catalogue hours): exact
   ``IndexFlatIP`` built at open time from the float16 vectors (no blob, nothing to
-  train).  Measured on the dev machine: a flat scan of the 480 query variants costs
-  ~0.13 s at 20 000 catalogue vectors, which is why the
-  flat kind stops at 40 000;
+  train).  Measured on the dev machine: a flat scan of one view's 480 query variants
+  costs ~0.13 s at 20 000 catalogue vectors and ~0.22 s at 35 000, twice that for both
+  views, which is why the flat kind stops at 20 000;
 * larger: ``IndexIVFPQ`` (inner product, HNSW coarse quantiser, ``nlist`` about
   ``4 sqrt(n)`` rounded to a power of two within 256..16 384, PQ with ``dim/4``
   sub-quantisers of 8 bits = 24 bytes a vector), trained on a seeded sample of the
@@ -65,14 +74,20 @@ Matching: votes, refinement, decision
 4. *Decision* (:func:`is_flag`): ``significance >= min_significance`` and ``score >=
    min_votes`` and ``contrast >= min_contrast``.
 
+Steps 1-4 run once per view (:attr:`DerivationConfig.melody`): the chroma view catches
+re-instrumented, transposed and re-timed renditions; the melody view catches the tune
+over a new backing, where the whole-mix chroma is dominated by the new harmony.  Each
+view has its own agreeing cosine, chance probability and contrast threshold
+(``MELODY_*``); a track is reported once, by the view with the stronger evidence.
+
 Significance
 ------------
 Under the null (the query does not derive from the track), each aligned patch reaches
 ``PATCH_SIMILARITY`` with probability ``p = CHANCE_PATCH_P``; query patches one catalogue
 second apart overlap by 5/6, so ``m`` agreeing of ``n`` aligned patches is modelled as
 ``Binomial(n / c, p)`` evaluated at ``m / c`` with ``c = CORRELATION`` patches per
-independent observation.  With ``A = 12 * T * N_vectors`` alignments searched (keys x
-tempi x catalogue positions),
+independent observation.  With ``A = V * 12 * T * N_vectors`` alignments searched (views x
+keys x tempi x catalogue positions),
 
     significance = -log10 min(1, A * P[Binomial(n/c, p) >= m/c])
 
@@ -82,6 +97,16 @@ corpus's real non-catalogue music searched against a catalogue holding the real 
 catalogue) so that the default threshold (5, about 10 agreeing of 14 patches at a
 20 000-vector catalogue) together with ``min_contrast`` flags none of them
 (``fp bench derivation``).
+
+The melody view uses the same ``p``, agreeing cosine and contrast threshold
+(``MELODY_CHANCE_PATCH_P``, ``MELODY_PATCH_SIMILARITY``, ``MELODY_MIN_CONTRAST``), checked
+rather than fitted.  Without the ``MELODY_MIN_CHANGES`` patch rule of
+:mod:`earmark.fingerprint.chroma`, real non-catalogue excerpts reached melody
+significance 17 (held notes and slow lines agree by chance far more often than the
+binomial model says) and one of 102 was flagged (contrast 0.60).  With it, no melody
+candidate of the 100 synthetic or 102 real negatives reaches significance 0.1 (their
+largest melody contrast is 0.53, below 0.55 too), so both rules hold with margin;
+``fp bench derivation`` prints both margins per view.
 """
 
 from __future__ import annotations
@@ -103,18 +128,18 @@ from earmark.fingerprint.chroma import QueryEmbeddings, SegmentEmbeddings
 from earmark.index import store
 
 __all__ = [
-    "FORMAT_VERSION", "DerivationConfig", "DerivationSegment", "DerivationStore",
+    "FORMAT_VERSION", "Candidate", "DerivationConfig", "DerivationSegment", "DerivationStore",
     "SegmentArrays", "build_segment", "choose_index_kind", "match_derivations",
     "merge_segments", "read_segment", "segment_file_name", "write_segment",
 ]
 
 MAGIC = b"EMKDRV\x00\x01"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<8sIIIIQQ24x")
+FORMAT_VERSION = 2
+_HEADER = struct.Struct("<8sIIIIQQQ16x")
 _ALIGN = 64
 KIND_FLAT, KIND_IVFPQ = 0, 1
 #: A file with at most this many vectors is searched exactly (IndexFlatIP).
-FLAT_MAX_VECTORS = 40_000
+FLAT_MAX_VECTORS = 20_000
 #: IVF lists visited per query vector.
 NPROBE = 16
 #: Offset histogram bin (seconds of reference time).
@@ -132,6 +157,12 @@ BACKGROUND_SHIFTS = (-7.5, -6.5, -5.5, -4.5, -3.5, -2.5, -1.5, 1.5, 2.5, 3.5, 4.
 DEFAULT_MIN_SIGNIFICANCE = 5.0
 #: Default contrast a flag needs (see DerivationConfig.min_contrast).
 MIN_CONTRAST = 0.55
+#: Melody view: an aligned patch agrees at this cosine or above.
+MELODY_PATCH_SIMILARITY = 0.75
+#: Melody view: chance probability of an agreeing patch (measured on non-catalogue music).
+MELODY_CHANCE_PATCH_P = 0.002
+#: Melody view: contrast a flag needs.
+MELODY_MIN_CONTRAST = 0.55
 SUFFIX = ".drv"
 
 
@@ -172,11 +203,26 @@ class SegmentArrays:
     start : float32 array (n,)
         Start of each patch in its track, seconds.
     vectors : float16 array (n, dim)
+        Chroma-view patches.
+    melody : float16 array (n, dim), optional
+        Melody-view patches at the same starts (zero rows: no melody there); ``None``
+        becomes all zero.
     """
 
     track: np.ndarray
     start: np.ndarray
     vectors: np.ndarray
+    melody: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.melody is None:
+            self.melody = np.zeros(np.shape(self.vectors), np.float16)
+        if np.shape(self.melody) != np.shape(self.vectors):
+            raise ValueError("melody and chroma vectors differ in shape")
+
+    def view(self, name: str) -> np.ndarray:
+        """The vectors of one view (``"chroma"`` or ``"melody"``)."""
+        return self.melody if name == "melody" else self.vectors
 
     @property
     def n_vectors(self) -> int:
@@ -195,7 +241,7 @@ def build_segment(track_ids: Sequence[int], embeddings: Sequence[SegmentEmbeddin
     """
     if len(track_ids) != len(embeddings):
         raise ValueError("track_ids and embeddings differ in length")
-    tr, st, ve = [], [], []
+    tr, st, ve, me = [], [], [], []
     for tid, e in zip(track_ids, embeddings):
         n = len(e)
         if n == 0:
@@ -205,10 +251,15 @@ def build_segment(track_ids: Sequence[int], embeddings: Sequence[SegmentEmbeddin
         tr.append(np.full(n, int(tid), np.int64))
         st.append(np.asarray(e.starts, np.float32))
         ve.append(np.asarray(e.vectors, np.float16))
+        mel = getattr(e, "melody", None)
+        me.append(np.zeros((n, chroma.DIM), np.float16) if mel is None
+                  else np.asarray(mel, np.float16).reshape(n, chroma.DIM))
     if not tr:
         return SegmentArrays(np.zeros(0, np.int64), np.zeros(0, np.float32),
+                             np.zeros((0, chroma.DIM), np.float16),
                              np.zeros((0, chroma.DIM), np.float16))
-    return SegmentArrays(np.concatenate(tr), np.concatenate(st), np.concatenate(ve))
+    return SegmentArrays(np.concatenate(tr), np.concatenate(st), np.concatenate(ve),
+                         np.concatenate(me))
 
 
 def choose_index_kind(n_vectors: int) -> int:
@@ -234,8 +285,10 @@ def _build_ivfpq(vectors: np.ndarray, seed: int = 0):
     nlist = _ivf_nlist(n)
     index = _new_ivfpq(d, nlist)
     rng = np.random.default_rng(seed)
-    n_train = min(n, 40 * nlist)
-    train = vectors[np.sort(rng.choice(n, n_train, replace=False))].astype(np.float32)
+    live = np.flatnonzero(np.any(np.asarray(vectors) != 0, axis=1))   # zero rows: no patch
+    pool = live if live.size >= nlist else np.arange(n)
+    n_train = min(pool.size, 40 * nlist)
+    train = vectors[np.sort(rng.choice(pool, n_train, replace=False))].astype(np.float32)
     index.train(train)
     step = 1_000_000
     for i in range(0, n, step):
@@ -255,16 +308,18 @@ def write_segment(folder: str | os.PathLike, name: str, arrays: SegmentArrays,
     path = folder / name
     n = arrays.n_vectors
     kind = choose_index_kind(n) if kind is None else kind
-    blob = b""
+    blob = blob_m = b""
     if kind == KIND_IVFPQ and n > 0:
         blob = faiss.serialize_index(_build_ivfpq(arrays.vectors)).tobytes()
+        blob_m = faiss.serialize_index(_build_ivfpq(arrays.melody, seed=1)).tobytes()
     elif kind == KIND_IVFPQ:
         kind = KIND_FLAT
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, chroma.EMBED_VERSION, chroma.DIM, kind, n,
-                          len(blob))
+                          len(blob), len(blob_m))
     parts = [np.ascontiguousarray(arrays.track, dtype="<i8").tobytes(),
              np.ascontiguousarray(arrays.start, dtype="<f4").tobytes(),
-             np.ascontiguousarray(arrays.vectors, dtype="<f2").tobytes(), blob]
+             np.ascontiguousarray(arrays.vectors, dtype="<f2").tobytes(),
+             np.ascontiguousarray(arrays.melody, dtype="<f2").tobytes(), blob, blob_m]
     with store.atomic_file(path) as f:
         written = store.write_aligned(f, header, parts)
     return written
@@ -284,7 +339,15 @@ class DerivationSegment:
     vectors: np.ndarray
     index: object = field(repr=False)
     nbytes: int = 0
+    melody: np.ndarray | None = field(default=None, repr=False)
+    melody_index: object = field(default=None, repr=False)
     _runs: dict | None = field(default=None, repr=False)
+
+    def view(self, name: str) -> tuple[np.ndarray, object]:
+        """``(float16 vectors, FAISS index)`` of one view."""
+        if name == "melody":
+            return self.melody, self.melody_index
+        return self.vectors, self.index
 
     @property
     def n_vectors(self) -> int:
@@ -309,7 +372,8 @@ def read_segment(path: str | os.PathLike, load_index: bool = True) -> Derivation
     Raises
     ------
     earmark.errors.IndexError_
-        Missing, truncated, foreign, newer-version or other-embedding file.
+        Missing, truncated, foreign, older- or newer-version or other-embedding file
+        (one-line message; an older file means: re-index).
     """
     faiss = _faiss()
     path = Path(path)
@@ -321,38 +385,61 @@ def read_segment(path: str | os.PathLike, load_index: bool = True) -> Derivation
         raise IndexError_(f"derivation file {path.name} is unreadable: {e.strerror or e}") from None
     if len(head) < _HEADER.size:
         raise IndexError_(f"derivation file {path.name} is truncated")
-    magic, version, embed_version, dim, kind, n, blob_len = _HEADER.unpack(head)
+    magic, version, embed_version, dim, kind, n, blob_len, blob_m_len = _HEADER.unpack(head)
     if magic != MAGIC:
         raise IndexError_(f"{path.name} is not an Earmark derivation file")
     if version > FORMAT_VERSION:
         raise IndexError_(f"derivation file {path.name} was written by a newer Earmark; upgrade")
-    if embed_version != chroma.EMBED_VERSION or dim != chroma.DIM or kind not in (0, 1):
+    if version < FORMAT_VERSION or embed_version != chroma.EMBED_VERSION:
+        raise IndexError_(f"derivation file {path.name} was built with an older derivation "
+                          f"recipe (format {version}, embedding {embed_version}); re-index "
+                          f"the catalogue into a new index")
+    if dim != chroma.DIM or kind not in (KIND_FLAT, KIND_IVFPQ):
         raise IndexError_(f"derivation file {path.name} has another embedding; re-index")
+    if n > size or blob_len > size or blob_m_len > size:
+        raise IndexError_(f"derivation file {path.name} is truncated")
     pos = _ALIGN
     arrays = []
-    for count, dt, shape in ((n, "<i8", (n,)), (n, "<f4", (n,)), (n * dim, "<f2", (n, dim))):
+    for count, dt, shape in ((n, "<i8", (n,)), (n, "<f4", (n,)), (n * dim, "<f2", (n, dim)),
+                             (n * dim, "<f2", (n, dim))):
         nbytes = count * np.dtype(dt).itemsize
         if pos + nbytes > size:
             raise IndexError_(f"derivation file {path.name} is truncated")
         arrays.append(np.memmap(path, dtype=dt, mode="r", offset=pos, shape=shape)
                       if count else np.zeros(shape, dt))
         pos = _aligned(pos + nbytes)
-    if pos + blob_len > size:
+    blob_pos = pos
+    pos_m = _aligned(blob_pos + blob_len) if blob_len else blob_pos
+    if blob_pos + blob_len > size or pos_m + blob_m_len > size:
         raise IndexError_(f"derivation file {path.name} is truncated")
-    index = None
+    if kind == KIND_IVFPQ and n and not (blob_len and blob_m_len):
+        raise IndexError_(f"derivation file {path.name} lacks its FAISS index; re-index")
+    index = index_m = None
     if load_index:
-        if kind == KIND_IVFPQ and blob_len:
-            blob = np.fromfile(path, dtype=np.uint8, count=blob_len, offset=pos)
-            index = faiss.deserialize_index(blob)
+        if kind == KIND_IVFPQ and n:
+            try:
+                index = faiss.deserialize_index(
+                    np.fromfile(path, dtype=np.uint8, count=blob_len, offset=blob_pos))
+                index_m = faiss.deserialize_index(
+                    np.fromfile(path, dtype=np.uint8, count=blob_m_len, offset=pos_m))
+            except RuntimeError:
+                raise IndexError_(f"derivation file {path.name} has a damaged FAISS index; "
+                                  f"re-index") from None
+            if index.ntotal != n or index_m.ntotal != n or index.d != dim or index_m.d != dim:
+                raise IndexError_(f"derivation file {path.name} has an inconsistent FAISS "
+                                  f"index; re-index")
             index.nprobe = NPROBE
+            index_m.nprobe = NPROBE
         else:
-            index = faiss.IndexFlatIP(dim)
+            index, index_m = faiss.IndexFlatIP(dim), faiss.IndexFlatIP(dim)
             if n:
                 step = 500_000
                 for i in range(0, n, step):
                     index.add(np.ascontiguousarray(arrays[2][i:i + step], dtype=np.float32))
+                    index_m.add(np.ascontiguousarray(arrays[3][i:i + step], dtype=np.float32))
     return DerivationSegment(name=path.name, kind=int(kind), track=arrays[0], start=arrays[1],
-                             vectors=arrays[2], index=index, nbytes=int(size))
+                             vectors=arrays[2], index=index, nbytes=int(size),
+                             melody=arrays[3], melody_index=index_m)
 
 
 @dataclass
@@ -406,24 +493,26 @@ class DerivationStore:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.segments)
 
-    def track_vectors(self, track_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(starts, float32 vectors)`` of one live track, by start time."""
+    def track_vectors(self, track_id: int, view: str = "chroma") -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, float32 vectors)`` of one live track in one view, by start time."""
         if int(track_id) in self.removed:
             return np.zeros(0, np.float32), np.zeros((0, chroma.DIM), np.float32)
         st, ve = [], []
         for seg in self.segments:
+            vectors = seg.view(view)[0]
             for i0, i1 in seg.runs().get(int(track_id), ()):
                 st.append(np.asarray(seg.start[i0:i1], np.float32))
-                ve.append(np.asarray(seg.vectors[i0:i1], np.float32))
+                ve.append(np.asarray(vectors[i0:i1], np.float32))
         if not st:
             return np.zeros(0, np.float32), np.zeros((0, chroma.DIM), np.float32)
         starts, vecs = np.concatenate(st), np.concatenate(ve)
         o = np.argsort(starts, kind="stable")
         return starts[o], vecs[o]
 
-    def search(self, vectors: np.ndarray, k: int = 10, min_similarity: float = 0.0
-               ) -> Neighbours:
-        """k nearest catalogue patches of every query vector (cosine), live tracks only."""
+    def search(self, vectors: np.ndarray, k: int = 10, min_similarity: float = 0.0,
+               view: str = "chroma") -> Neighbours:
+        """k nearest catalogue patches of every query vector (cosine) in one view, live
+        tracks only."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         out_v, out_t, out_s, out_c = [], [], [], []
         extra = 4 if self.removed else 0
@@ -431,13 +520,14 @@ class DerivationStore:
             if seg.n_vectors == 0 or vectors.shape[0] == 0:
                 continue
             kk = min(k + extra, seg.n_vectors)
+            seg_vectors, seg_index = seg.view(view)
             if seg.kind == KIND_IVFPQ:
                 kk_c = min(3 * kk, seg.n_vectors)
-                _, idx = seg.index.search(vectors, kk_c)
+                _, idx = seg_index.search(vectors, kk_c)
                 # exact re-scoring from the float16 vectors
                 valid = idx >= 0
                 rows = np.where(valid, idx, 0)
-                cand = np.asarray(seg.vectors[rows.ravel()], np.float32).reshape(
+                cand = np.asarray(seg_vectors[rows.ravel()], np.float32).reshape(
                     rows.shape[0], rows.shape[1], -1)
                 sims = np.einsum("qkd,qd->qk", cand, vectors)
                 sims[~valid] = -2
@@ -447,7 +537,7 @@ class DerivationStore:
                 valid = np.take_along_axis(valid, order, 1)
                 sims[~valid] = -2
             else:
-                sims, idx = seg.index.search(vectors, kk)
+                sims, idx = seg_index.search(vectors, kk)
             q = np.repeat(np.arange(vectors.shape[0]), idx.shape[1])
             idx = idx.ravel()
             sims = sims.ravel()
@@ -479,7 +569,7 @@ def merge_segments(folder: str | os.PathLike, names: Iterable[str],
     """
     folder = Path(folder)
     removed = np.array(sorted(int(t) for t in removed_track_ids), dtype=np.int64)
-    tr, st, ve = [], [], []
+    tr, st, ve, me = [], [], [], []
     for n in names:
         seg = read_segment(folder / n, load_index=False)
         t = np.asarray(seg.track)
@@ -487,8 +577,10 @@ def merge_segments(folder: str | os.PathLike, names: Iterable[str],
         tr.append(t[keep])
         st.append(np.asarray(seg.start)[keep])
         ve.append(np.asarray(seg.vectors)[keep])
+        me.append(np.asarray(seg.melody)[keep])
     if tr:
-        arrays = SegmentArrays(np.concatenate(tr), np.concatenate(st), np.concatenate(ve))
+        arrays = SegmentArrays(np.concatenate(tr), np.concatenate(st), np.concatenate(ve),
+                               np.concatenate(me))
     else:
         arrays = build_segment([], [])
     write_segment(folder, out_name, arrays)
@@ -525,8 +617,13 @@ class DerivationConfig:
         Mean aligned cosine minus the background (the same query shifted by 1.5-7.5 s
         against the same track) a flag needs: rejects static or generic material.
     min_candidate_votes, max_candidates : int
-        Hypotheses refined per query: at most ``max_candidates`` tracks with at least
-        ``min_candidate_votes`` coarse votes.
+        Hypotheses refined per query and view: at most ``max_candidates`` tracks with at
+        least ``min_candidate_votes`` coarse votes.
+    melody : bool
+        Also search the melody view (the top melodic line alone: catches a melody sung or
+        played over a new backing).
+    melody_patch_similarity, melody_min_contrast : float
+        ``patch_similarity`` and ``min_contrast`` of the melody view.
     """
 
     k_neighbours: int = 10
@@ -540,6 +637,19 @@ class DerivationConfig:
     min_candidate_votes: int = 3
     max_candidates: int = 4
     min_contrast: float = MIN_CONTRAST
+    melody: bool = True
+    melody_patch_similarity: float = MELODY_PATCH_SIMILARITY
+    melody_min_contrast: float = MELODY_MIN_CONTRAST
+
+    def views(self) -> tuple[str, ...]:
+        """The views searched."""
+        return chroma.VIEWS if self.melody else ("chroma",)
+
+    def view_thresholds(self, view: str) -> tuple[float, float, float]:
+        """``(patch_similarity, min_contrast, chance patch probability)`` of a view."""
+        if view == "melody":
+            return self.melody_patch_similarity, self.melody_min_contrast, MELODY_CHANCE_PATCH_P
+        return self.patch_similarity, self.min_contrast, CHANCE_PATCH_P
 
 
 def _log10_binom_sf(m: float, n: float, p: float) -> float:
@@ -630,14 +740,16 @@ def vote(q: QueryEmbeddings, nb: Neighbours, cfg: DerivationConfig) -> list[_Hyp
     return out
 
 
-def significance(m: int, n: int, n_vectors: int, n_keys: int = 12, n_tempos: int = 7) -> float:
-    """``-log10`` of the chance that any alignment in the catalogue reaches ``m`` of ``n``
-    aligned patches at cosine ``>= PATCH_SIMILARITY`` (see module docstring)."""
+def significance(m: int, n: int, n_vectors: int, n_keys: int = 12, n_tempos: int = 5,
+                 p: float = CHANCE_PATCH_P, n_views: int = 1) -> float:
+    """``-log10`` of the chance that any alignment in the catalogue, in any of ``n_views``
+    views, reaches ``m`` of ``n`` aligned patches at the view's agreeing cosine, each with
+    chance probability ``p`` (see module docstring)."""
     if m <= 0 or n <= 0:
         return 0.0
-    alignments = n_keys * n_tempos * max(n_vectors, 1)
+    alignments = n_views * n_keys * n_tempos * max(n_vectors, 1)
     c = CORRELATION
-    lg = _log10_binom_sf(m / c, max(n, m) / c, CHANCE_PATCH_P)
+    lg = _log10_binom_sf(m / c, max(n, m) / c, p)
     return float(max(0.0, -(math.log10(alignments) + lg)))
 
 
@@ -662,10 +774,11 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
     wins.  Coarse votes tolerate about +-5 % of tempo and +-1.5 s; this recovers tempo
     to about 1.5 % and the offset to 0.25 s.  One vectorised pass: ~13 x 13 x 15 patches.
     """
-    starts, vecs = store.track_vectors(h.track)
+    starts, vecs = store.track_vectors(h.track, getattr(q, "view", "chroma"))
     if starts.size == 0:
         return None
-    sampler = q.sampler if getattr(q, "sampler", None) is not None else chroma.PatchSampler(q.chroma)
+    sampler = (q.sampler if getattr(q, "sampler", None) is not None
+               else chroma.sampler(q.chroma, getattr(q, "view", "chroma")))
     W = chroma.PATCH_SECONDS
     dur = q.duration
     tempos = h.tempo * np.exp(np.linspace(-tempo_span, tempo_span, tempo_steps))
@@ -719,6 +832,16 @@ def _background(sampler, dur: float, starts: np.ndarray, vecs: np.ndarray, r: fl
     return float(np.median(tot[full] / cnt[full])) if full.any() else 0.0
 
 
+@dataclass
+class Candidate:
+    """A refined derivation hypothesis before the decision: its evidence, its contrast and
+    the view (``"chroma"`` or ``"melody"``) that found it."""
+
+    match: Match
+    contrast: float
+    view: str = "chroma"
+
+
 def match_derivations(store: DerivationStore, y: np.ndarray | None, sr: int,
                       references: Callable[[int], Reference] | Mapping[int, Reference] | None = None,
                       config: DerivationConfig | None = None,
@@ -733,75 +856,109 @@ def match_derivations(store: DerivationStore, y: np.ndarray | None, sr: int,
         ``track_id -> Reference``; missing ids get a placeholder reference.
     config : DerivationConfig
     query : QueryEmbeddings, optional
-        Precomputed :func:`earmark.fingerprint.chroma.query_embeddings`.
+        Precomputed :func:`earmark.fingerprint.chroma.query_embeddings` of one view; the
+        other view is computed from ``y`` when ``y`` is given, else skipped.
 
     Returns
     -------
     list of Match
-        ``kind="derivation"``; ``score`` = aligned query patches whose cosine reaches
-        ``patch_similarity``; ``speed`` = tempo ratio (reference seconds per query
-        second); ``pitch_semitones`` = key shift (integer semitones, query minus
-        reference); ``alignment`` = (query, reference) patch centres.
+        ``kind="derivation"``, at most one per track; ``score`` = aligned query patches
+        whose cosine reaches the view's agreeing cosine; ``speed`` = tempo ratio
+        (reference seconds per query second); ``pitch_semitones`` = key shift (integer
+        semitones, query minus reference); ``alignment`` = (query, reference) patch
+        centres.
     """
     cfg = config or DerivationConfig()
-    return [m for m, contrast in _candidates(store, y, sr, references, cfg, query)
-            if is_flag(m, contrast, cfg)][: cfg.max_matches]
+    return [c.match for c in _candidates(store, y, sr, references, cfg, query)
+            if is_flag(c, cfg)][: cfg.max_matches]
 
 
-def is_flag(m: Match, contrast: float, cfg: DerivationConfig) -> bool:
-    """The decision rule: significance, agreeing patches and contrast all reach the config."""
-    return (m.significance >= cfg.min_significance and m.score >= cfg.min_votes
-            and contrast >= cfg.min_contrast)
+def is_flag(c: Candidate, cfg: DerivationConfig) -> bool:
+    """The decision rule: significance, agreeing patches and the view's contrast all reach
+    the config."""
+    _, min_contrast, _ = cfg.view_thresholds(c.view)
+    return (c.match.significance >= cfg.min_significance and c.match.score >= cfg.min_votes
+            and c.contrast >= min_contrast)
 
 
-def _candidates(store, y, sr, references, cfg: DerivationConfig, query
-                ) -> list[tuple[Match, float]]:
-    """All refined candidates with their significance and contrast (no threshold), best
-    first."""
-    if query is None:
-        query = chroma.query_embeddings(y, sr, tempos=cfg.tempos, keys=cfg.search_keys)
-    if query.vectors.shape[0] == 0 or store.n_vectors == 0:
+def _queries(y, sr, cfg: DerivationConfig, query: QueryEmbeddings | None
+             ) -> list[QueryEmbeddings]:
+    """The query embeddings of every view searched (one STFT for both)."""
+    views = cfg.views()
+    have = {query.view: query} if query is not None else {}
+    need = [v for v in views if v not in have]
+    if need and y is not None:
+        frames = dict(zip(chroma.VIEWS, chroma.analyse(y, sr)))
+        for v in need:
+            have[v] = chroma.query_embeddings(None, sr, tempos=cfg.tempos,
+                                              keys=cfg.search_keys, chroma=frames[v], view=v)
+    return [have[v] for v in views if v in have]
+
+
+def _candidates(store, y, sr, references, cfg: DerivationConfig, query, per_track: bool = True
+                ) -> list[Candidate]:
+    """All refined candidates of all views with their significance and contrast (no
+    threshold), flagged first, then by significance; with ``per_track`` only the first of
+    each track (else one per track and view, for calibration)."""
+    if store.n_vectors == 0:
         return []
-    nb = store.search(query.vectors, cfg.k_neighbours, cfg.min_similarity)
-    hyps = vote(query, nb, cfg)
-    hyps = [h for h in hyps if h.votes >= cfg.min_candidate_votes]
-    hyps.sort(key=lambda h: (-h.votes, -h.sim_sum, h.track))
-    hyps = hyps[: cfg.max_candidates]
+    views = cfg.views()
     n_keys = 12 if cfg.search_keys else 1
     n_tempos = len(cfg.tempos)
-    out = []
-    for h in hyps:
-        rf = refine(query, store, h)
-        if rf is None or rf.sims.size == 0:
+    found: list[tuple[Candidate, bool]] = []
+    for q in _queries(y, sr, cfg, query):
+        if q.vectors.shape[0] == 0:
             continue
-        good = rf.sims >= cfg.patch_similarity
-        m = int(good.sum())
-        n = int(rf.sims.size)
-        sig = significance(m, n, store.n_vectors, n_keys, n_tempos)
-        contrast = float(rf.sims.mean() - rf.background)
-        out.append((sig, m, h, rf, good, contrast))
-    out.sort(key=lambda x: (-(x[5] >= cfg.min_contrast), -x[0], -x[1], x[2].track))
-    matches = []
+        patch_sim, _, chance_p = cfg.view_thresholds(q.view)
+        nb = store.search(q.vectors, cfg.k_neighbours, cfg.min_similarity, view=q.view)
+        hyps = vote(q, nb, cfg)
+        hyps = [h for h in hyps if h.votes >= cfg.min_candidate_votes]
+        hyps.sort(key=lambda h: (-h.votes, -h.sim_sum, h.track))
+        for h in hyps[: cfg.max_candidates]:
+            rf = refine(q, store, h)
+            if rf is None or rf.sims.size == 0:
+                continue
+            good = rf.sims >= patch_sim
+            m = int(good.sum())
+            sig = significance(m, int(rf.sims.size), store.n_vectors, n_keys, n_tempos,
+                               chance_p, len(views))
+            contrast = float(rf.sims.mean() - rf.background)
+            cand = Candidate(_evidence(h, rf, good, m, sig, q.duration, references), contrast,
+                             q.view)
+            found.append((cand, is_flag(cand, cfg)))
+    found.sort(key=lambda x: (-x[1], -x[0].match.significance, -x[0].match.score,
+                              x[0].match.reference.track_id, x[0].view))
+    if not per_track:
+        return [c for c, _ in found]
+    out, seen = [], set()
+    for cand, _ in found:
+        t = cand.match.reference.track_id
+        if t not in seen:
+            seen.add(t)
+            out.append(cand)
+    return out
+
+
+def _evidence(h: _Hypothesis, rf: _Refined, good: np.ndarray, m: int, sig: float,
+              duration: float, references) -> Match:
+    ref = None
+    if references is not None:
+        ref = references.get(h.track) if isinstance(references, Mapping) else references(h.track)
+    if ref is None:
+        ref = Reference(track_id=h.track, path=f"<track {h.track}>")
     W = chroma.PATCH_SECONDS
-    for sig, m, h, rf, good, contrast in out:
-        ref = None
-        if references is not None:
-            ref = references.get(h.track) if isinstance(references, Mapping) else references(h.track)
-        if ref is None:
-            ref = Reference(track_id=h.track, path=f"<track {h.track}>")
-        sel = good if good.any() else np.ones(good.shape, bool)
-        qs, rs = rf.q_start[sel], rf.r_start[sel]
-        q0 = max(0.0, float(qs.min()))
-        q1 = min(query.duration, float(qs.max()) + W / rf.tempo)
-        r0 = float(rs.min())
-        r1 = float(rs.max()) + W
-        order = np.argsort(qs)
-        matches.append((Match(
-            reference=ref, score=m, significance=round(sig, 2),
-            query_start=round(q0, 3), query_end=round(q1, 3),
-            reference_start=round(r0, 3), reference_end=round(r1, 3),
-            coverage=round((q1 - q0) / query.duration, 4) if query.duration else 0.0,
-            speed=round(rf.tempo, 4), pitch_semitones=float(h.key), kind="derivation",
-            alignment=tuple((round(float(a + 0.5 * W / rf.tempo), 3), round(float(b + 0.5 * W), 3))
-                            for a, b in zip(qs[order], rs[order]))), contrast))
-    return matches
+    sel = good if good.any() else np.ones(good.shape, bool)
+    qs, rs = rf.q_start[sel], rf.r_start[sel]
+    q0 = max(0.0, float(qs.min()))
+    q1 = min(duration, float(qs.max()) + W / rf.tempo)
+    r0 = float(rs.min())
+    r1 = float(rs.max()) + W
+    order = np.argsort(qs)
+    return Match(
+        reference=ref, score=m, significance=round(sig, 2),
+        query_start=round(q0, 3), query_end=round(q1, 3),
+        reference_start=round(r0, 3), reference_end=round(r1, 3),
+        coverage=round((q1 - q0) / duration, 4) if duration else 0.0,
+        speed=round(rf.tempo, 4), pitch_semitones=float(h.key), kind="derivation",
+        alignment=tuple((round(float(a + 0.5 * W / rf.tempo), 3), round(float(b + 0.5 * W), 3))
+                        for a, b in zip(qs[order], rs[order])))

@@ -83,6 +83,62 @@ def test_unrelated_composition_not_flagged(store_dir):
     assert drv.match_derivations(store, np.zeros(SR * 20, np.float32), SR) == []
 
 
+def _over_backing(melody_of, backing_seed: int, inst_seed: int) -> np.ndarray:
+    """The melody of ``melody_of`` over the chords, bass and drums of a non-catalogue
+    piece, other instruments, 20 s."""
+    comp = bench.with_new_backing(melody_of, bench.compose(backing_seed, 45.0))
+    return bench.render(comp, bench.instrument_set(inst_seed), start=6.0, seconds=20.0)
+
+
+def test_melody_over_a_new_backing_is_flagged_and_an_unrelated_melody_is_not(store_dir,
+                                                                               catalogue):
+    """The melody view: a catalogue melody sung/played over another piece's harmony is a
+    derivation of its piece; another melody over the very same backing is nothing."""
+    comps, insts, _ = catalogue
+    store = drv.DerivationStore.open(store_dir, ["seg-000001.drv"])
+    right = 0
+    for i in range(N_TRACKS):
+        y = _over_backing(comps[i], 555_000 + i, 100 + i + 17)
+        found = drv.match_derivations(store, y, SR)
+        assert all(m.reference.track_id == 10 + i for m in found), (i, found)
+        if found:
+            m = found[0]
+            assert m.kind == "derivation" and m.pitch_semitones == 0
+            assert abs(m.speed - 1.0) <= 0.03
+            right += 1
+        # an unrelated melody (a non-catalogue piece's) over the same backing, moved to the
+        # catalogue piece's key and tempo
+        stranger = bench.compose(777_000 + i, 45.0)
+        stranger = bench.Composition(stranger.seed, comps[i].tonic, comps[i].bpm,
+                                     stranger.n_beats, stranger.notes - np.array(
+                                         [0, 0, stranger.tonic - comps[i].tonic, 0, 0]),
+                                     stranger.drums)
+        assert drv.match_derivations(store, _over_backing(stranger, 555_000 + i, 7 + i), SR) == []
+    assert right >= N_TRACKS - 1, right
+    # the melody view is what finds them: without it none is flagged
+    y = _over_backing(comps[2], 555_002, 100 + 2 + 17)
+    assert drv.match_derivations(store, y, SR, config=drv.DerivationConfig(melody=False)) == []
+
+
+def test_melody_frames_follow_the_top_line():
+    """Per-frame melody pitch class of a rendered piece agrees with the score most of the
+    time, whatever the accompaniment does."""
+    comp = bench.compose(4321, 30.0)
+    y = bench.render(comp, bench.instrument_set(4321))
+    mel = chroma.melody_frames(y, SR)
+    spb = 60.0 / comp.bpm
+    t = np.arange(mel.shape[0]) * chroma.FRAME_SECONDS
+    truth = np.full(mel.shape[0], -1)
+    for onset, dur, midi, _vel, part in comp.notes:
+        if part == 0:
+            truth[(t >= onset * spb + 0.05) & (t < (onset + dur) * spb - 0.05)] = int(midi) % 12
+    sounding = truth >= 0
+    assert sounding.sum() > 100
+    assert (np.argmax(mel[sounding], axis=1) == truth[sounding]).mean() >= 0.7
+    # silence: no melody
+    assert not chroma.melody_frames(np.zeros(SR * 5, np.float32), SR).any()
+
+
 def test_removed_track_has_no_derivation_matches(store_dir, catalogue, tmp_path):
     y = _derived_query(catalogue, 1, transpose=-1, tempo=1.1)
     store = drv.DerivationStore.open(store_dir, ["seg-000001.drv"])
@@ -107,6 +163,8 @@ def test_write_open_round_trip(tmp_path, catalogue):
     np.testing.assert_array_equal(np.asarray(seg.track), arrays.track)
     np.testing.assert_array_equal(np.asarray(seg.start), arrays.start)
     np.testing.assert_array_equal(np.asarray(seg.vectors), arrays.vectors)
+    np.testing.assert_array_equal(np.asarray(seg.melody), arrays.melody)
+    assert np.any(arrays.melody != 0)
     assert seg.kind == drv.KIND_FLAT
     store = drv.DerivationStore([seg])
     starts, vecs = store.track_vectors(8)
@@ -129,6 +187,21 @@ def test_write_open_round_trip(tmp_path, catalogue):
     (tmp_path / "d.drv").write_bytes(b"not an index at all" * 10)
     with pytest.raises(IndexError_):
         drv.read_segment(tmp_path / "d.drv")
+
+
+@pytest.mark.parametrize("field_offset,old_value", [(8, 1), (12, 1)])
+def test_file_of_an_older_recipe_is_refused_with_one_line(tmp_path, catalogue, field_offset,
+                                                          old_value):
+    """A derivation file of an older format or embedding recipe is refused with a one-line
+    reason (re-index), never read as if it were current."""
+    _, _, embs = catalogue
+    drv.write_segment(tmp_path, "a.drv", drv.build_segment([1], embs[:1]))
+    data = bytearray((tmp_path / "a.drv").read_bytes())
+    data[field_offset:field_offset + 4] = int(old_value).to_bytes(4, "little")
+    (tmp_path / "old.drv").write_bytes(bytes(data))
+    with pytest.raises(IndexError_) as e:
+        drv.DerivationStore.open(tmp_path, ["old.drv"])
+    assert "re-index" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_crash_mid_write_keeps_previous_file(tmp_path, catalogue, monkeypatch):
