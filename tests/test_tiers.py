@@ -28,6 +28,8 @@ def test_every_segment_has_a_derivation_twin_with_the_same_tracks(built_index):
         drv = DerivationStore.open(built_index.path, [name])
         assert drv.track_ids == set(seg["tracks"])
         assert drv.n_vectors > 0
+        # both views are stored: the whole-mix chroma and the melody (top line)
+        assert all(np.any(np.asarray(s.melody) != 0) for s in drv.segments)
 
 
 def test_remove_takes_a_recording_out_of_both_tiers(index_copy, catalogue):
