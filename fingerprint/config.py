@@ -172,7 +172,9 @@ class MatchConfig:
     refine_hypotheses : int
         Hypotheses (besides identity) whose coarse vote is strongest are then voted
         again with every query landmark; candidates come from these only.  0 = no
-        coarse stage (every hypothesis with every landmark).
+        coarse stage (every hypothesis with every landmark).  4: a real transform and
+        its grid neighbours lead the coarse vote; measured on the dev corpus, 4 lost no
+        hit against 8 and cut a clean 10-s query by ~20 %.
     coarse_min_score : int
         Cells under this coarse vote count do not make a hypothesis a contender.
     coarse_min_significance : float
@@ -210,7 +212,7 @@ class MatchConfig:
     shadow_ratio: float = 0.25
     coarse_peaks_per_second: float = 9.0
     coarse_fan_out: int = 3
-    refine_hypotheses: int = 8
+    refine_hypotheses: int = 4
     coarse_min_score: int = 4
     coarse_min_significance: float = 5.0
     stop_key_ratio: float = 32.0
