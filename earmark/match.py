@@ -566,6 +566,18 @@ def _min_count(mu: float, log10_budget: float, upper: int) -> int:
     return lo
 
 
+def _cell_min_count(visits: int, h: int, n_hypotheses: int, total_frames: float,
+                    offset_bin_frames: int, min_significance: float, upper: int) -> int:
+    """Vote count a two-bin offset cell of hypothesis ``h`` needs to reach significance
+    ``min_significance`` when ``visits`` postings were visited (the chance model of the
+    module docstring on the coarse two-bin window).  Used to screen hypotheses and
+    candidates before the expensive refinement."""
+    frames = max(total_frames, 1.0)
+    mu = max(int(visits), 1) * (2.0 * offset_bin_frames) / frames
+    log10_tests = math.log10(float(hypothesis_tests(n_hypotheses, h)) * frames / offset_bin_frames)
+    return _min_count(mu, log10_tests + min_significance, upper)
+
+
 def _fit_line(x: np.ndarray, y: np.ndarray, slope0: float, min_span: float) -> tuple[float, float]:
     """Least-squares ``y = b + s x``; falls back to slope ``slope0`` for short spans."""
     if x.shape[0] >= 3 and float(x.max() - x.min()) >= min_span:
@@ -601,8 +613,8 @@ def stop_key_limit(n_postings: int, ratio: float, min_postings: int) -> int:
 
 
 def _vote_grid(query: QueryLandmarks, hyp_index: np.ndarray, hyp_s: np.ndarray, hyp_p: np.ndarray,
-               segments: list[SegmentView], offset_bin_frames: int, probe_margin: float,
-               min_score: int, n_threads: int, mcfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
+               segments: list[SegmentView], min_score: int, n_threads: int,
+               mcfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
     """Vote the hypotheses ``hyp_index`` of the grid in every segment.
 
     Hypotheses are independent: they are split over threads (the kernel releases the GIL).
@@ -617,7 +629,7 @@ def _vote_grid(query: QueryLandmarks, hyp_index: np.ndarray, hyp_s: np.ndarray, 
         si, hs = job
         ch, ct, cb, cs, visits = vote_hypotheses(
             query.time, query.f1, query.df, query.dt, hyp_s[hs], hyp_p[hs],
-            *segments[si].arrays(), float(offset_bin_frames), probe_margin, min_score,
+            *segments[si].arrays(), float(mcfg.offset_bin_frames), mcfg.probe_margin, min_score,
             stop_key_limit(segments[si].postings.shape[0], mcfg.stop_key_ratio,
                            mcfg.stop_key_min_postings))
         return si, hs, ch, ct, cb, cs, visits
@@ -651,31 +663,29 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         # Coarse to fine: vote every transform with the strongest landmarks, then vote
         # identity and the strongest transforms with all of them.
         coarse_cands, coarse_visits = _vote_grid(coarse, np.arange(1, n_h), hyp_s, hyp_p,
-                                                 segments, W, mcfg.probe_margin,
-                                                 mcfg.coarse_min_score, n_threads, mcfg)
+                                                 segments, mcfg.coarse_min_score, n_threads,
+                                                 mcfg)
         best = np.zeros(n_h, dtype=np.int64)
         np.maximum.at(best, coarse_cands[:, 1], coarse_cands[:, 0])
         # A transform is a contender only if its best coarse cell is itself unlikely by
         # chance (same model as the pre-filter, on the coarse landmarks' visits).
         for h in np.flatnonzero(best).tolist():
-            mu = max(int(coarse_visits[h]), 1) * (2.0 * W) / max(total_frames, 1.0)
-            log10_tests = math.log10(float(hypothesis_tests(n_h, h)) * max(total_frames, 1.0) / W)
-            if best[h] < _min_count(mu, log10_tests + mcfg.coarse_min_significance, int(best[h]) + 1):
+            if best[h] < _cell_min_count(coarse_visits[h], h, n_h, total_frames, W,
+                                         mcfg.coarse_min_significance, int(best[h]) + 1):
                 best[h] = 0
         ranked = np.lexsort((np.arange(n_h), -best))
         ranked = ranked[best[ranked] > 0][: mcfg.refine_hypotheses]
         chosen = np.unique(np.concatenate([[0], ranked]))
     else:
         chosen = np.arange(n_h)
-    all_cands, visits_total = _vote_grid(query, chosen, hyp_s, hyp_p, segments, W,
-                                         mcfg.probe_margin, mcfg.min_score, n_threads, mcfg)
+    cands, visits_total = _vote_grid(query, chosen, hyp_s, hyp_p, segments, mcfg.min_score,
+                                         n_threads, mcfg)
     track_best: dict[int, int] = {}
-    if all_cands.shape[0]:
-        order_t = np.lexsort((-all_cands[:, 0], all_cands[:, 2]))
-        tracks_sorted = all_cands[order_t, 2]
+    if cands.shape[0]:
+        order_t = np.lexsort((-cands[:, 0], cands[:, 2]))
+        tracks_sorted = cands[order_t, 2]
         first = np.concatenate([[True], tracks_sorted[1:] != tracks_sorted[:-1]])
-        track_best = {int(t): int(v) for t, v in zip(tracks_sorted[first], all_cands[order_t, 0][first])}
-    cands = all_cands
+        track_best = {int(t): int(v) for t, v in zip(tracks_sorted[first], cands[order_t, 0][first])}
     if cands.shape[0] == 0:
         return []
     # Strongest first; ties broken deterministically (hypothesis, track, offset).
@@ -686,12 +696,10 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     # two-bin window: refining a candidate costs two look-up passes.
     # The chance rate depends on the hypothesis only, so each hypothesis gets a minimum
     # vote count (significance grows with the count).
-    pre_min_score = {}
-    for h in np.unique(top[:, 1]).tolist():
-        mu = max(int(visits_total[h]), 1) * (2.0 * W) / max(total_frames, 1.0)
-        log10_tests = math.log10(float(hypothesis_tests(n_h, h)) * max(total_frames, 1.0) / W)
-        pre_min_score[h] = _min_count(mu, log10_tests + PREFILTER_FRACTION * mcfg.min_significance,
-                                      int(top[:, 0].max()) + 1)
+    pre_min_score = {h: _cell_min_count(visits_total[h], h, n_h, total_frames, W,
+                                        PREFILTER_FRACTION * mcfg.min_significance,
+                                        int(top[:, 0].max()) + 1)
+                     for h in np.unique(top[:, 1]).tolist()}
     keep = top[:, 0] >= np.array([pre_min_score[h] for h in top[:, 1].tolist()], dtype=np.int64)
     candidates = top[keep].tolist()
     tol_final = mcfg.inlier_seconds / fcfg.frame_seconds
@@ -752,7 +760,10 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
                                      query_frames, track_frames.get(track, total_frames),
                                      total_frames, tol_final, float(hypothesis_tests(n_h, h)))
         tried.append((b, slope))
-        contrast = track_contrast(track_best, track, score0,
+        # Contrast is the recording's, not the seed candidate's: a weak seed refined onto
+        # the same alignment as a strong one must not carry a weaker contrast into the
+        # overlap suppression that keeps only one of them.
+        contrast = track_contrast(track_best, track, max(score0, track_best.get(track, 0)),
                                   floor=CONTRAST_FLOOR_FRACTION * mcfg.min_score)
         found.append(_Evidence(track=track, segment=si, score=score, significance=significance,
                                contrast=contrast,
