@@ -34,8 +34,9 @@ strongest landmarks only (its peaks thinned to the catalogue side's density, pai
 the catalogue side's fan-out: ~27 per second, the ones most likely to be in the index at
 all); identity and the ``refine_hypotheses`` strongest transforms are then voted with every
 landmark, and only they yield candidates.  A real transform stands out in the coarse vote
-long before it is needed for the evidence; measured on the dev corpus, the coarse stage
-loses no hit and cuts a 10-s query from ~68 to ~23 ms.
+long before it is needed for the evidence.  Measured on the dev corpus (``fp bench``), the
+coarse stage loses no hit, and a clean 10-s query went from ~72 to ~14 ms (the faster front
+end contributes a few ms); at 20 000 tracks, from 7.9 s to 0.75 s.
 
 Significance
 ------------
