@@ -271,6 +271,17 @@ def _drum(kind: int, kit: int, rng: np.random.Generator) -> np.ndarray:
     return x.astype(np.float32)
 
 
+
+def _add_at(y: np.ndarray, x: np.ndarray, t0_seconds: float) -> None:
+    """Add ``x`` into ``y`` starting at ``t0_seconds`` (clipped at both ends), in place."""
+    i0 = int(round(t0_seconds * SR))
+    if i0 < 0:
+        x = x[-i0:]
+        i0 = 0
+    m = min(x.shape[0], y.shape[0] - i0)
+    if m > 0:
+        y[i0:i0 + m] += x[:m]
+
 def render(comp: Composition, instruments: dict[str, Any], transpose: int = 0,
            tempo: float = 1.0, seed: int = 0, start: float = 0.0,
            seconds: float | None = None) -> np.ndarray:
@@ -295,26 +306,14 @@ def render(comp: Composition, instruments: dict[str, Any], transpose: int = 0,
         if t0 + d + 1.0 < 0 or t0 >= end - start:
             continue
         x = _tone(parts[int(part)], midi + transpose, d, vel * gains[int(part)], rng)
-        i0 = int(round(t0 * SR))
-        if i0 < 0:
-            x = x[-i0:]
-            i0 = 0
-        m = min(x.shape[0], y.shape[0] - i0)
-        if m > 0:
-            y[i0:i0 + m] += x[:m]
+        _add_at(y, x, t0)
     kit = int(instruments.get("kit", 0))
     for onset, kind, vel in comp.drums:
         t0 = onset * spb - start
         if t0 < -0.3 or t0 >= end - start:
             continue
         x = _drum(int(kind), kit, rng) * vel * 0.6 * mix[3]
-        i0 = int(round(t0 * SR))
-        if i0 < 0:
-            x = x[-i0:]
-            i0 = 0
-        m = min(x.shape[0], y.shape[0] - i0)
-        if m > 0:
-            y[i0:i0 + m] += x[:m]
+        _add_at(y, x, t0)
     y = y[:n]
     peak = float(np.abs(y).max()) if y.size else 0.0
     if peak > 0:
