@@ -104,7 +104,15 @@ def find_audio_files(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], li
     for item in inputs:
         p = Path(item)
         if p.is_dir():
+            seen_dirs: set[tuple[int, int]] = set()
             for root, dirs, names in os.walk(p, followlinks=True):
+                # Symlinked folders are followed, each real folder once: a link back up
+                # the tree (a loop) or two links to one folder add nothing twice.
+                st = os.stat(root)
+                if (st.st_dev, st.st_ino) in seen_dirs:
+                    dirs[:] = []
+                    continue
+                seen_dirs.add((st.st_dev, st.st_ino))
                 dirs.sort()
                 for n in names:
                     if Path(n).suffix.lower() in audio_io.SUPPORTED_EXTENSIONS and not n.startswith("."):

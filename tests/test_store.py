@@ -644,3 +644,24 @@ def test_kill_9_at_random_moments_then_rerun_completes(catalogue, tmp_path):
         live = _check_after_crash(ipath, files, catalogue)
         assert before < len(live) < len(files), (round_, before, len(live))
     _complete_and_check(ipath, folder, files, catalogue, live)
+
+
+def test_find_audio_files_follows_symlinked_folders_once(tmp_path):
+    """Symlinked folders are followed, but a link back up the tree (a loop) or a second
+    link to the same folder lists nothing twice and terminates."""
+    from earmark.index.catalogue import find_audio_files
+
+    root = tmp_path / "catalogue"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.wav").write_bytes(b"x")
+    (root / "sub" / "b.flac").write_bytes(b"x")
+    (root / "sub" / "notes.txt").write_text("not audio")
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "again").symlink_to(root / "sub", target_is_directory=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "c.mp3").write_bytes(b"x")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    files, problems = find_audio_files([root])
+    names = sorted(os.path.basename(f) for f in files)
+    assert names == ["a.wav", "b.flac", "c.mp3"] and problems == []
