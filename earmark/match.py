@@ -613,6 +613,22 @@ def stop_key_limit(n_postings: int, ratio: float, min_postings: int) -> int:
     return int(max(min_postings, ratio * n_postings / float(1 << hashes.KEY_BITS)))
 
 
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _thread_pool(n_threads: int) -> ThreadPoolExecutor:
+    """The process's voting threads, started once (starting a pool per query cost ~1-3 ms,
+    a sizeable share of a 15 ms query).  Keyed by process id: a forked scan or index
+    worker inherits the parent's pool object but not its threads, so it starts its own."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != n_threads:
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)
+        _POOL = (os.getpid(), n_threads,
+                 ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="earmark-vote"))
+    return _POOL[2]
+
+
 def _vote_grid(query: QueryLandmarks, hyp_index: np.ndarray, hyp_s: np.ndarray, hyp_p: np.ndarray,
                segments: list[SegmentView], min_score: int, n_threads: int,
                mcfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -636,8 +652,7 @@ def _vote_grid(query: QueryLandmarks, hyp_index: np.ndarray, hyp_s: np.ndarray, 
         return si, hs, ch, ct, cb, cs, visits
 
     if len(jobs) > 1 and n_threads > 1:
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            outputs = list(pool.map(run, jobs))
+        outputs = list(_thread_pool(n_threads).map(run, jobs))
     else:
         outputs = [run(j) for j in jobs]
     parts = [np.zeros((0, 5), np.int64)]

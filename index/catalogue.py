@@ -89,6 +89,20 @@ def config_from_dict(d: dict[str, Any]) -> FingerprintConfig:
         raise IndexError_("index manifest has an invalid fingerprint config") from None
 
 
+def longest_first(paths: list[str]) -> list[str]:
+    """``paths`` by file size, largest first (then by path): the longest files start
+    first, so worker processes do not end a run waiting on one long file started last
+    (longest-processing-time-first scheduling).  The order depends on the files only, so
+    track ids are the same whatever the number of workers.  Unreadable sizes sort last
+    (the file's error is reported when it is fingerprinted)."""
+    def size(p: str) -> int:
+        try:
+            return os.stat(p).st_size
+        except OSError:
+            return -1
+    return sorted(paths, key=lambda p: (-size(p), p))
+
+
 def find_audio_files(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
     """Expand files and folders (recursively) into audio file paths.
 
@@ -456,6 +470,7 @@ class Index:
                     continue
                 replace_ids[f] = known[0]
             todo.append(f)
+        todo = longest_first(todo)
         pending: list[_Fingerprinted] = []
         pending_postings = 0
         last_flush = time.perf_counter()

@@ -463,6 +463,16 @@ def test_jobs_1_and_jobs_2_build_identical_indexes(catalogue, tmp_path):
                                           np.asarray(getattr(sb, name)), err_msg=name)
 
 
+def test_files_are_fingerprinted_longest_first(tmp_path):
+    sizes = {"b.wav": 300, "a.wav": 300, "c.wav": 5000, "d.wav": 10}
+    for name, n in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * n)
+    paths = [str(tmp_path / n) for n in sorted(sizes)] + [str(tmp_path / "gone.wav")]
+    order = [Path(p).name for p in catalogue_mod.longest_first(paths)]
+    # Largest first, ties by path, a file that cannot be stat'ed last.
+    assert order == ["c.wav", "a.wav", "b.wav", "d.wav", "gone.wav"]
+
+
 @pytest.mark.parametrize("failure", ["full disk", "ctrl-c"])
 def test_interrupted_add_keeps_previous_content(catalogue, tmp_path, monkeypatch, failure):
     names = ["track01.wav", "track02.wav", "track03.wav"]
@@ -486,11 +496,13 @@ def test_interrupted_add_keeps_previous_content(catalogue, tmp_path, monkeypatch
             w.add([tmp_path / "cat"], jobs=1)
     monkeypatch.setattr(store, "write_segment", real_write)
     idx = Index.open(ipath)
-    assert [track_of(r) for r in idx.tracks()] == ["track01.wav"]
+    first = catalogue_mod.longest_first([str(tmp_path / "cat" / n) for n in names])[0]
+    assert [r.path for r in idx.tracks()] == [first]   # the first commit, and only it
     assert_tracks_match_themselves(idx, catalogue)
     with Index.open_writer(ipath) as w:  # the lock was released; a re-run completes it
         report = w.add([tmp_path / "cat"], jobs=1)
-    assert sorted(Path(p).name for p in report.added) == ["track02.wav", "track03.wav"]
+    assert sorted(report.added) == sorted(str(tmp_path / "cat" / n) for n in names
+                                          if str(tmp_path / "cat" / n) != first)
     idx = Index.open(ipath)
     assert sorted(track_of(r) for r in idx.tracks()) == names
     assert_tracks_match_themselves(idx, catalogue)
@@ -571,10 +583,11 @@ def _start_indexer(folder: Path, ipath: Path, mode: str) -> subprocess.Popen:
 
 
 def _check_after_crash(ipath: Path, files: list[Path], catalogue) -> list[str]:
-    """The index opens, holds a prefix of the (sorted) files and each live track matches."""
+    """The index opens, holds a prefix of the files in the order they are fingerprinted
+    (longest first) and each live track matches."""
     idx = Index.open(ipath)
     live = [r.path for r in idx.tracks()]
-    ordered = sorted(str(f) for f in files)
+    ordered = catalogue_mod.longest_first([str(f) for f in files])
     assert live == ordered[: len(live)], (live, ordered)
     assert idx.info()["tracks"] == len(live)
     assert_tracks_match_themselves(idx, catalogue)
