@@ -33,6 +33,7 @@ def bench_cmd() -> None:
     fp bench CATALOGUE ... --compare old/results.json
     fp bench scale --tracks 100000
     fp bench derivation --out bench-deriv/
+    fp bench scan --index IDX --catalogue CAT --negatives OTHER --out bench-scan/
     """
 
 
@@ -121,3 +122,49 @@ def derivation_cmd(out_dir, pieces, quick, other_dir, real_catalogue, jobs, seed
                                other_dir=other_dir, real_catalogue_dir=real_catalogue,
                                jobs=jobs)
     click.echo(results_markdown(res))
+
+
+@bench_cmd.command("scan")
+@click.option("--index", "index_path", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Index the files are scanned against.")
+@click.option("--inputs", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Folder of audio to scan as it is (else built from "
+                                 "--catalogue and --negatives).")
+@click.option("--catalogue", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Catalogue folder: excerpts are hidden in built inputs.")
+@click.option("--negatives", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Non-catalogue music the built inputs are made of.")
+@click.option("--files", "n_files", type=click.IntRange(1, 100000), default=40,
+              show_default=True, help="Built inputs (30-180 s each).")
+@click.option("--min-seconds", type=click.FloatRange(2, None), default=30.0, show_default=True)
+@click.option("--max-seconds", type=click.FloatRange(2, None), default=180.0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench-scan"), show_default=True)
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+              show_default=True, help="Workers of the parallel scan run (compared with -j 1).")
+@click.option("--fast", is_flag=True, help="Scan with plain matching (fp scan --fast).")
+@click.option("--min-significance", type=click.FloatRange(0, None), default=None,
+              help="Passed to fp scan (default: the preset's threshold).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def scan_bench_cmd(index_path, inputs, catalogue, negatives, n_files, min_seconds, max_seconds,
+                   out_dir, jobs, fast, min_significance, seed):
+    """Throughput and memory of fp scan (-j 1 and -j N) against decode-only, in one run.
+
+    \b
+    fp bench scan --index IDX --inputs FOLDER --out bench-scan/
+    fp bench scan --index IDX --catalogue CAT --negatives OTHER --files 40 --out bench-scan/
+    """
+    from earmark.bench.scan import run_scan_bench
+
+    if inputs is None and (catalogue is None or negatives is None):
+        raise click.UsageError("give --inputs FOLDER, or --catalogue and --negatives to build "
+                               "the inputs")
+    if min_seconds > max_seconds:
+        raise click.BadParameter("--min-seconds is larger than --max-seconds")
+    run_scan_bench(out_dir, index_path, inputs=inputs, catalogue=catalogue,
+                   negatives=negatives, n_files=n_files, seed=seed, min_seconds=min_seconds,
+                   max_seconds=max_seconds, jobs=jobs, fast=fast,
+                   min_significance=min_significance)
+    click.echo((out_dir / "scan-bench.md").read_text())
+    click.echo(f"wrote {out_dir / 'scan-bench.json'} and {out_dir / 'scan-bench.md'}")

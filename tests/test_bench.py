@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -212,3 +213,61 @@ def test_scale_synthetic_index(tmp_path):
     assert doc["steps"][-1]["hit_at_1_default"] == 1.0
     assert (tmp_path / "scale" / "scale.json").is_file()
     assert (tmp_path / "scale" / "scale.png").is_file()
+
+
+def test_scan_bench_on_built_inputs(catalogue, built_index, tmp_path):
+    """``fp bench scan`` builds a seeded batch (catalogue excerpts hidden in other music, in
+    MP3/Opus/M4A), measures every phase on it and reports the known answers."""
+    from earmark.bench import scan as scan_bench
+
+    neg = tmp_path / "neg"
+    neg.mkdir()
+    for i, seed in enumerate((9001, 9002)):
+        sf.write(neg / f"other{i}.wav", catalogue.other_song(seed, 24.0), catalogue.sr)
+    out = tmp_path / "bench"
+    doc = scan_bench.run_scan_bench(out, built_index.path, catalogue=catalogue.folder,
+                                    negatives=neg, n_files=4, seed=5, min_seconds=9.0,
+                                    max_seconds=12.0, jobs=2, min_significance=20.0,
+                                    sample_seconds=0.05, progress=False)
+    truth = json.loads((out / "inputs" / "truth.json").read_text())["files"]
+    assert len(truth) == 4 and sum(1 for t in truth if t["catalogue"]) == 2
+    assert sorted(t["format"] for t in truth) == ["m4a", "mp3", "mp3", "opus"]
+    assert all(9.0 <= t["seconds"] <= 12.0 for t in truth)
+    assert doc["inputs"]["files"] == 4 and doc["inputs"]["with_catalogue"] == 2
+    assert doc["inputs"]["formats"] == {"mp3": 2, "opus": 1, "m4a": 1}
+    # Decoded lengths are the written ones (encoder padding is a few ms).
+    assert doc["inputs"]["audio_seconds"] == pytest.approx(sum(t["seconds"] for t in truth),
+                                                           abs=0.4)
+    audio = doc["inputs"]["audio_seconds"]
+    for name, ph in doc["phases"].items():
+        assert ph["files"] == 4, name
+        assert ph["seconds"] > 0 and ph["x_realtime"] == pytest.approx(audio / ph["seconds"],
+                                                                       rel=0.01, abs=0.1), name
+        assert ph["files_per_second"] == pytest.approx(4 / ph["seconds"], rel=0.01), name
+    # Every run finds the two hidden excerpts, the right recording, and nothing else.
+    for run in ("in_process", "scan_j1", "scan_jN"):
+        ka = doc["known_answers"][run]
+        assert (ka["files"], ka["with_catalogue"], ka["flagged"], ka["right_recording"],
+                ka["false_positives"]) == (4, 2, 2, 2, 0), (run, ka)
+    j1, jn = doc["phases"]["scan_j1"], doc["phases"]["scan_jN"]
+    assert (j1["jobs"], jn["jobs"]) == (1, 2)
+    assert (j1["flagged"], jn["flagged"], j1["errors"], jn["errors"]) == (2, 2, 0, 0)
+    assert j1["workers_seen"] == 1 and jn["workers_seen"] == 2
+    assert all(p["peak_uss_mb"] > 0 and p["peak_pss_mb"] >= p["peak_uss_mb"] - 1
+               for p in jn["processes"])
+    assert doc["memory"]["worker_peak_uss_mb"] == max(
+        p["peak_uss_mb"] for p in jn["processes"] if p["role"] == "worker")
+    assert doc["ratios"]["scan_j1_over_decode"] == pytest.approx(
+        doc["phases"]["decode"]["seconds"] / j1["seconds"], abs=0.002)
+    assert doc["ratios"]["scan_jN_over_j1"] == pytest.approx(j1["seconds"] / jn["seconds"],
+                                                              abs=0.002)
+    assert sum(doc["stages"]["share"].values()) == pytest.approx(1.0, abs=0.01)
+    assert doc["stages"]["cpu_seconds"]["derivation"] > 0
+    assert json.loads((out / "scan-bench.json").read_text()) == doc
+    md = (out / "scan-bench.md").read_text()
+    assert "`fp scan -j 2`" in md and "| -j 2 | 4 | 2 | 2 | 2 |" in md
+    # Same settings: the inputs are reused as they are, not written again.
+    first = {t["path"]: os.stat(t["path"]).st_mtime_ns for t in truth}
+    again = scan_bench.build_inputs(catalogue.folder, neg, out / "inputs", n_files=4, seed=5,
+                                    min_seconds=9.0, max_seconds=12.0)
+    assert {t["path"]: os.stat(t["path"]).st_mtime_ns for t in again["files"]} == first
