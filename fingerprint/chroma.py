@@ -46,9 +46,22 @@ grid about 10 % apart; a patch tolerates about +-5 % of tempo error because its 
 blocks drift by less than half a block over the patch, and the matcher then refines the
 tempo to ~1.5 %): for ratio ``r`` (reference seconds per query second) a query patch
 spans ``PATCH_SECONDS / r`` query seconds, averaged into the same 8 blocks.
-Each query patch is then rolled through the 12 pitch-class rotations; the rotation that
-matches gives the key shift.  Tempo and key are thus searched on the small query side and
-the index stays one vector per catalogue second.
+Key: a canonical rotation on both sides.  Every patch has a *fifths position*: the phase
+of the 5th DFT coefficient of its pitch-class profile (the patch summed over its blocks),
+as a continuous position ``u`` in 0..12 on the circle of fifths (:func:`fifths_position`).
+Transposing a patch by ``k`` semitones moves ``u`` by ``5 k`` (mod 12), and the profile of
+diatonic material has a strong 5th coefficient, so ``u`` is a stable, instrument-agnostic
+key estimate of a patch.  A patch rotated by ``s = 5 round(u)`` pitch classes
+(:func:`canonical_rotation`) has its fifths position near 0: the catalogue side searches
+its patches in that canonical rotation (the derivation file stores each patch and its
+rotation), and the query side rotates each of its patches to the ``QUERY_ROTATIONS``
+fifths positions nearest its own ``u`` (:func:`rotation_candidates`) instead of all 12.
+A catalogue patch found at query rotation ``s_q`` implies the key shift ``s_q - s_ref``.
+Measured on the bench compositions (``fp bench derivation``; query patches that agree
+with their catalogue patch at cosine >= 0.6): the catalogue rotation is among the query's
+3 candidates for 96-100 % of them in every condition (2 candidates: 82-100 %, 1: 56-94 %),
+while the FAISS search gets 4x cheaper.  Tempo is searched on the query side and the
+index stays one vector per catalogue second.
 
 All functions return plain numpy arrays (no pickling of objects is needed to ship them
 out of a worker process).
@@ -65,7 +78,9 @@ from scipy.fft import dct, idct
 __all__ = [
     "EMBED_VERSION", "SR", "FRAME_SECONDS", "PATCH_SECONDS", "PATCH_BLOCKS", "DIM", "INDEX_HOP_SECONDS",
     "QUERY_HOP_SECONDS", "TEMPO_RATIOS", "SegmentEmbeddings", "QueryEmbeddings",
-    "VIEWS", "analyse", "sampler", "chroma_frames", "melody_frames", "PatchSampler", "patches_at", "embed_chroma", "embed_audio", "query_embeddings",
+    "VIEWS", "analyse", "sampler", "chroma_frames", "melody_frames", "PatchSampler", "patches_at",
+    "embed_chroma", "embed_audio", "query_embeddings", "QUERY_ROTATIONS", "fifths_position",
+    "canonical_rotation", "rotation_candidates", "rotate", "key_shift",
 ]
 
 #: Version of the embedding recipe; stored in every derivation file (a change means re-index).
@@ -115,6 +130,9 @@ MELODY_PROMINENCE = 0.7
 MELODY_MIN_CHANGES = 3
 #: The two views of a frame sequence (see module doc).
 VIEWS = ("chroma", "melody")
+#: Key rotations searched per query patch: the canonical rotations of the fifths
+#: positions nearest the patch's own (12 searches every rotation).
+QUERY_ROTATIONS = 3
 
 
 @dataclass(frozen=True)
@@ -150,13 +168,16 @@ class QueryEmbeddings:
     Attributes
     ----------
     vectors : float32 array (n, DIM)
+        The patch rotated by ``rotation`` (compared with canonically rotated catalogue
+        patches).
     q_start : float32 array (n,)
         Start of the patch in the query, seconds.
     tempo : float32 array (n,)
         Tempo ratio of the variant (reference seconds per query second).
-    key : int8 array (n,)
-        Key shift of the query relative to the reference, semitones in ``-5..6``, that a
-        match of this variant implies.
+    rotation : int8 array (n,)
+        Pitch classes the patch was rotated by (``0..11``); a catalogue patch of canonical
+        rotation ``s_ref`` found by this variant implies the key shift
+        ``key_shift(rotation, s_ref)``.
     patch : int32 array (n,)
         Index of the query patch (variants of one patch share it).
     duration : float
@@ -170,7 +191,7 @@ class QueryEmbeddings:
     vectors: np.ndarray
     q_start: np.ndarray
     tempo: np.ndarray
-    key: np.ndarray
+    rotation: np.ndarray
     patch: np.ndarray
     duration: float
     chroma: np.ndarray
@@ -385,6 +406,57 @@ def patches_at(chroma: np.ndarray | PatchSampler, starts_seconds: np.ndarray,
     return sampler.patches(starts, span, key)
 
 
+_FIFTHS = np.exp(-2j * np.pi * 5 * np.arange(12) / 12)
+
+
+def fifths_position(vectors: np.ndarray) -> np.ndarray:
+    """Continuous position (``0 <= u < 12``) of each patch on the circle of fifths: minus the
+    phase of the 5th DFT coefficient of its pitch-class profile, in steps of 30 degrees.
+    Transposing a patch up by ``k`` semitones moves it by ``5 k`` (mod 12); rolling it by
+    ``-k`` pitch classes (:func:`rotate`) moves it by ``-5 k``.  A zero patch is at 0."""
+    v = np.asarray(vectors, np.float64).reshape(-1, PATCH_BLOCKS, 12)
+    f5 = v.sum(axis=1) @ _FIFTHS
+    return np.mod(-np.angle(f5) * 6.0 / np.pi, 12.0)
+
+
+def canonical_rotation(vectors: np.ndarray) -> np.ndarray:
+    """The rotation (``0..11``, int8) that brings each patch's fifths position nearest 0:
+    ``5 round(u)`` (mod 12; 5 is its own inverse mod 12).  Deterministic for given input,
+    so the catalogue side computes it once from the stored float16 patches."""
+    u = fifths_position(vectors)
+    return ((5 * np.round(u).astype(np.int64)) % 12).astype(np.int8)
+
+
+def rotation_candidates(vectors: np.ndarray, n: int = QUERY_ROTATIONS) -> np.ndarray:
+    """``(m, n)`` int8: the canonical rotations of the ``n`` fifths positions nearest each
+    patch's own, nearest first (``n = 12``: every rotation, in that order).  The first
+    equals :func:`canonical_rotation`."""
+    n = int(min(max(n, 1), 12))
+    u = fifths_position(vectors)
+    base = np.round(u)[:, None] + np.array([0, -1, 1, -2, 2, -3, 3, -4, 4, -5, 5, 6])[None, :]
+    dist = np.abs(np.mod(base - u[:, None] + 6.0, 12.0) - 6.0)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :n]
+    f = np.take_along_axis(base, order, axis=1).astype(np.int64) % 12
+    return ((5 * f) % 12).astype(np.int8)
+
+
+def rotate(vectors: np.ndarray, shifts: np.ndarray | int) -> np.ndarray:
+    """Each patch rolled by ``-shift`` pitch classes in every block (``np.roll(x, -s)``:
+    pitch class ``s`` moves to 0), float32 ``(m, DIM)``."""
+    v = np.asarray(vectors, np.float32).reshape(-1, PATCH_BLOCKS, 12)
+    s = np.broadcast_to(np.asarray(shifts, np.int64), (v.shape[0],))
+    idx = (np.arange(12)[None, :] + s[:, None]) % 12
+    return np.take_along_axis(v, idx[:, None, :], axis=2).reshape(-1, DIM)
+
+
+def key_shift(query_rotation, reference_rotation) -> np.ndarray:
+    """Key shift (semitones, ``-5..6``, query minus reference) implied when a query patch
+    rotated by ``query_rotation`` matches a catalogue patch rotated by
+    ``reference_rotation``."""
+    k = np.mod(np.asarray(query_rotation, np.int64) - np.asarray(reference_rotation, np.int64), 12)
+    return np.where(k > 6, k - 12, k)
+
+
 def embed_chroma(chroma: np.ndarray, hop_seconds: float = INDEX_HOP_SECONDS,
                  melody: np.ndarray | None = None) -> SegmentEmbeddings:
     """Catalogue-side patches of a chroma sequence (tempo 1, no key rotation), and of its
@@ -419,25 +491,29 @@ def embed_audio(y: np.ndarray, sr: int) -> SegmentEmbeddings:
 
 def query_embeddings(y: np.ndarray | None, sr: int, tempos: tuple[float, ...] = TEMPO_RATIOS,
                      hop_seconds: float = QUERY_HOP_SECONDS, keys: bool = True,
-                     chroma: np.ndarray | None = None, view: str = "chroma") -> QueryEmbeddings:
-    """Query-side embeddings: patches at every tempo ratio, each in 12 key rotations.
+                     chroma: np.ndarray | None = None, view: str = "chroma",
+                     rotations: int = QUERY_ROTATIONS) -> QueryEmbeddings:
+    """Query-side embeddings: patches at every tempo ratio, each in its candidate rotations.
 
     Parameters
     ----------
     y, sr : mono samples and their rate (ignored when ``chroma`` is given).
     tempos : tempo ratios to search (reference seconds per query second).
     hop_seconds : spacing of query patches in query seconds.
-    keys : search the 12 key rotations (else key shift 0 only).
+    keys : search key shifts (else the matcher keeps key shift 0 only; the candidate
+        rotations are searched either way, the catalogue side being canonical).
     chroma : precomputed frames of ``view`` (:func:`chroma_frames` or :func:`melody_frames`).
     view : ``"chroma"`` or ``"melody"``: which frames ``y`` is reduced to.
+    rotations : candidate rotations per patch (:func:`rotation_candidates`; 12 = all).
     """
+    del keys   # the key-0 restriction is applied to the neighbours (see the matcher)
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}")
     if chroma is None:
         chroma = chroma_frames(y, sr) if view == "chroma" else melody_frames(y, sr)
     n = chroma.shape[0]
     duration = n * FRAME_SECONDS
-    vecs, q0s, tem, kk, pat = [], [], [], [], []
+    vecs, q0s, tem, rot, pat = [], [], [], [], []
     hop = hop_seconds / FRAME_SECONDS
     patch_id = 0
     for r in tempos:
@@ -452,20 +528,12 @@ def query_embeddings(y: np.ndarray | None, sr: int, tempos: tuple[float, ...] = 
             continue
         ids = patch_id + np.arange(m)
         patch_id += m
-        if keys:
-            v3 = v.reshape(m, PATCH_BLOCKS, 12)
-            for shift in range(12):
-                # Query transposed up by k semitones: rolling it down by k aligns it.
-                vecs.append(np.roll(v3, -shift, axis=2).reshape(m, DIM))
-                q0s.append(starts * FRAME_SECONDS)
-                tem.append(np.full(m, r))
-                kk.append(np.full(m, shift if shift <= 6 else shift - 12))
-                pat.append(ids)
-        else:
-            vecs.append(v)
+        cands = rotation_candidates(v, rotations)
+        for c in range(cands.shape[1]):
+            vecs.append(rotate(v, cands[:, c]))
             q0s.append(starts * FRAME_SECONDS)
             tem.append(np.full(m, r))
-            kk.append(np.zeros(m))
+            rot.append(cands[:, c])
             pat.append(ids)
     if not vecs:
         z = np.zeros(0, np.float32)
@@ -475,6 +543,6 @@ def query_embeddings(y: np.ndarray | None, sr: int, tempos: tuple[float, ...] = 
         vectors=np.ascontiguousarray(np.concatenate(vecs), dtype=np.float32),
         q_start=np.concatenate(q0s).astype(np.float32),
         tempo=np.concatenate(tem).astype(np.float32),
-        key=np.concatenate(kk).astype(np.int8),
+        rotation=np.concatenate(rot).astype(np.int8),
         patch=np.concatenate(pat).astype(np.int32),
         duration=float(duration), chroma=chroma, view=view)

@@ -120,6 +120,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,7 @@ __all__ = [
 ]
 
 MAGIC = b"EMKDRV\x00\x01"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _HEADER = struct.Struct("<8sIIIIQQQ16x")
 _ALIGN = 64
 KIND_FLAT, KIND_IVFPQ = 0, 1
@@ -293,7 +294,8 @@ def _new_ivfpq(d: int, nlist: int):
     return index
 
 
-def _build_ivfpq(vectors: np.ndarray, seed: int = 0):
+def _build_ivfpq(vectors: np.ndarray, rotation: np.ndarray, seed: int = 0):
+    """IVF-PQ over the canonically rotated patches (``vectors`` rolled by ``rotation``)."""
     n, d = vectors.shape
     nlist = _ivf_nlist(n)
     index = _new_ivfpq(d, nlist)
@@ -301,7 +303,8 @@ def _build_ivfpq(vectors: np.ndarray, seed: int = 0):
     live = np.flatnonzero(np.any(np.asarray(vectors) != 0, axis=1))   # zero rows: no patch
     pool = live if live.size >= nlist else np.arange(n)
     n_train = min(pool.size, 40 * nlist)
-    train = vectors[np.sort(rng.choice(pool, n_train, replace=False))].astype(np.float32)
+    pick = np.sort(rng.choice(pool, n_train, replace=False))
+    train = chroma.rotate(vectors[pick], rotation[pick])
     # k-means assigns with an exact flat index; only the final centroids go into the HNSW
     # quantiser (assigning through HNSW rebuilt it every iteration: ~6x slower training).
     clustering_index = _faiss().IndexFlatIP(d)
@@ -310,9 +313,46 @@ def _build_ivfpq(vectors: np.ndarray, seed: int = 0):
     index.clustering_index = None
     step = 1_000_000
     for i in range(0, n, step):
-        index.add(np.ascontiguousarray(vectors[i:i + step], dtype=np.float32))
+        index.add(np.ascontiguousarray(chroma.rotate(vectors[i:i + step], rotation[i:i + step])))
     index.nprobe = NPROBE
     return index
+
+
+def _serialized_ivfpq(views: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> list[bytes]:
+    """Build and serialise one IVF-PQ per ``(vectors, rotation, seed)``, concurrently.
+
+    FAISS stays single-threaded (see :func:`_faiss`) but releases the GIL, so the views
+    train in parallel in Python threads, each exactly as it would alone (its own seeded
+    sample, deterministic k-means): the bytes equal those of a serial build."""
+    faiss = _faiss()
+    out: list[bytes | None] = [None] * len(views)
+    errors: list[BaseException] = []
+
+    def build(i: int) -> None:
+        try:
+            v, r, seed = views[i]
+            out[i] = faiss.serialize_index(_build_ivfpq(v, r, seed=seed)).tobytes()
+        except BaseException as e:   # re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=build, args=(i,), daemon=True) for i in range(1, len(views))]
+    for t in threads:
+        t.start()
+    if views:
+        build(0)
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [b for b in out if b is not None]
+
+
+def _rotations(vectors: np.ndarray, step: int = 1_000_000) -> np.ndarray:
+    """Canonical rotation (int8) of every stored patch (0 for a zero row)."""
+    out = np.zeros(vectors.shape[0], np.int8)
+    for i in range(0, vectors.shape[0], step):
+        out[i:i + step] = chroma.canonical_rotation(np.asarray(vectors[i:i + step], np.float32))
+    return out
 
 
 def write_segment(folder: str | os.PathLike, name: str, arrays: SegmentArrays,
@@ -321,23 +361,24 @@ def write_segment(folder: str | os.PathLike, name: str, arrays: SegmentArrays,
 
     Returns the number of bytes written.  ``kind`` overrides :func:`choose_index_kind`.
     """
-    faiss = _faiss()
     folder = Path(folder)
     path = folder / name
     n = arrays.n_vectors
     kind = choose_index_kind(n) if kind is None else kind
+    vec = np.ascontiguousarray(arrays.vectors, dtype="<f2")
+    mel = np.ascontiguousarray(arrays.melody, dtype="<f2")
+    # canonical rotations, from the float16 patches exactly as stored
+    rot, rot_m = _rotations(vec), _rotations(mel)
     blob = blob_m = b""
     if kind == KIND_IVFPQ and n > 0:
-        blob = faiss.serialize_index(_build_ivfpq(arrays.vectors)).tobytes()
-        blob_m = faiss.serialize_index(_build_ivfpq(arrays.melody, seed=1)).tobytes()
+        blob, blob_m = _serialized_ivfpq([(vec, rot, 0), (mel, rot_m, 1)])
     elif kind == KIND_IVFPQ:
         kind = KIND_FLAT
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, chroma.EMBED_VERSION, chroma.DIM, kind, n,
                           len(blob), len(blob_m))
     parts = [np.ascontiguousarray(arrays.track, dtype="<i8").tobytes(),
              np.ascontiguousarray(arrays.start, dtype="<f4").tobytes(),
-             np.ascontiguousarray(arrays.vectors, dtype="<f2").tobytes(),
-             np.ascontiguousarray(arrays.melody, dtype="<f2").tobytes(), blob, blob_m]
+             vec.tobytes(), mel.tobytes(), rot.tobytes(), rot_m.tobytes(), blob, blob_m]
     with store.atomic_file(path) as f:
         written = store.write_aligned(f, header, parts)
     return written
@@ -359,13 +400,20 @@ class DerivationSegment:
     nbytes: int = 0
     melody: np.ndarray | None = field(default=None, repr=False)
     melody_index: object = field(default=None, repr=False)
+    rotation: np.ndarray | None = field(default=None, repr=False)
+    melody_rotation: np.ndarray | None = field(default=None, repr=False)
     _runs: dict | None = field(default=None, repr=False)
 
     def view(self, name: str) -> tuple[np.ndarray, object]:
-        """``(float16 vectors, FAISS index)`` of one view."""
+        """``(float16 vectors, FAISS index)`` of one view (the index holds the patches in
+        their canonical rotation, :meth:`rotations`)."""
         if name == "melody":
             return self.melody, self.melody_index
         return self.vectors, self.index
+
+    def rotations(self, name: str) -> np.ndarray:
+        """Canonical rotation (int8, 0..11) of every patch of one view."""
+        return self.melody_rotation if name == "melody" else self.rotation
 
     @property
     def n_vectors(self) -> int:
@@ -419,7 +467,7 @@ def read_segment(path: str | os.PathLike, load_index: bool = True) -> Derivation
     pos = _ALIGN
     arrays = []
     for count, dt, shape in ((n, "<i8", (n,)), (n, "<f4", (n,)), (n * dim, "<f2", (n, dim)),
-                             (n * dim, "<f2", (n, dim))):
+                             (n * dim, "<f2", (n, dim)), (n, "<i1", (n,)), (n, "<i1", (n,))):
         nbytes = count * np.dtype(dt).itemsize
         if pos + nbytes > size:
             raise IndexError_(f"derivation file {path.name} is truncated")
@@ -453,11 +501,15 @@ def read_segment(path: str | os.PathLike, load_index: bool = True) -> Derivation
             if n:
                 step = 500_000
                 for i in range(0, n, step):
-                    index.add(np.ascontiguousarray(arrays[2][i:i + step], dtype=np.float32))
-                    index_m.add(np.ascontiguousarray(arrays[3][i:i + step], dtype=np.float32))
+                    index.add(chroma.rotate(arrays[2][i:i + step], arrays[4][i:i + step]))
+                    index_m.add(chroma.rotate(arrays[3][i:i + step], arrays[5][i:i + step]))
+    rot, rot_m = np.asarray(arrays[4]), np.asarray(arrays[5])
+    if n and (rot.min() < 0 or rot.max() > 11 or rot_m.min() < 0 or rot_m.max() > 11):
+        raise IndexError_(f"derivation file {path.name} has invalid rotations; re-index")
     return DerivationSegment(name=path.name, kind=int(kind), track=arrays[0], start=arrays[1],
                              vectors=arrays[2], index=index, nbytes=int(size),
-                             melody=arrays[3], melody_index=index_m)
+                             melody=arrays[3], melody_index=index_m, rotation=arrays[4],
+                             melody_rotation=arrays[5])
 
 
 @dataclass
@@ -468,6 +520,7 @@ class Neighbours:
     track: np.ndarray     # int64
     start: np.ndarray     # float32 (reference seconds)
     sim: np.ndarray       # float32 cosine
+    rotation: np.ndarray | None = None   # int8 canonical rotation of the catalogue patch
 
 
 class DerivationStore:
@@ -529,23 +582,25 @@ class DerivationStore:
 
     def search(self, vectors: np.ndarray, k: int = 10, min_similarity: float = 0.0,
                view: str = "chroma") -> Neighbours:
-        """k nearest catalogue patches of every query vector (cosine) in one view, live
-        tracks only."""
+        """k nearest catalogue patches (in their canonical rotation) of every query vector
+        (cosine) in one view, live tracks only; each neighbour carries its rotation."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        out_v, out_t, out_s, out_c = [], [], [], []
+        out_v, out_t, out_s, out_c, out_r = [], [], [], [], []
         extra = 4 if self.removed else 0
         for seg in self.segments:
             if seg.n_vectors == 0 or vectors.shape[0] == 0:
                 continue
             kk = min(k + extra, seg.n_vectors)
             seg_vectors, seg_index = seg.view(view)
+            seg_rot = np.asarray(seg.rotations(view))
             if seg.kind == KIND_IVFPQ:
                 kk_c = min(3 * kk, seg.n_vectors)
                 _, idx = seg_index.search(vectors, kk_c)
-                # exact re-scoring from the float16 vectors
+                # exact re-scoring from the float16 vectors (canonically rotated)
                 valid = idx >= 0
                 rows = np.where(valid, idx, 0)
-                cand = np.asarray(seg_vectors[rows.ravel()], np.float32).reshape(
+                flat = rows.ravel()
+                cand = chroma.rotate(seg_vectors[flat], seg_rot[flat]).reshape(
                     rows.shape[0], rows.shape[1], -1)
                 sims = np.einsum("qkd,qd->qk", cand, vectors)
                 sims[~valid] = -2
@@ -569,13 +624,15 @@ class DerivationStore:
             out_t.append(tr)
             out_s.append(np.asarray(seg.start)[idx])
             out_c.append(sims)
+            out_r.append(seg_rot[idx])
         if not out_v:
             z = np.zeros(0)
             return Neighbours(z.astype(np.int64), z.astype(np.int64), z.astype(np.float32),
-                              z.astype(np.float32))
+                              z.astype(np.float32), z.astype(np.int8))
         return Neighbours(np.concatenate(out_v), np.concatenate(out_t),
                           np.concatenate(out_s).astype(np.float32),
-                          np.concatenate(out_c).astype(np.float32))
+                          np.concatenate(out_c).astype(np.float32),
+                          np.concatenate(out_r).astype(np.int8))
 
 
 def merge_segments(folder: str | os.PathLike, names: Iterable[str],
@@ -704,12 +761,20 @@ def vote(q: QueryEmbeddings, nb: Neighbours, cfg: DerivationConfig) -> list[_Hyp
     """Aligned voting: the best hypotheses, one per track (see module docstring)."""
     if nb.variant.size == 0:
         return []
+    key = chroma.key_shift(q.rotation[nb.variant], nb.rotation).astype(np.int64)
+    if not cfg.search_keys:
+        keep = key == 0
+        nb = Neighbours(nb.variant[keep], nb.track[keep], nb.start[keep], nb.sim[keep],
+                        nb.rotation[keep])
+        key = key[keep]
+        if nb.variant.size == 0:
+            return []
     tempos = np.asarray(cfg.tempos, np.float64)
     v = nb.variant
     r = q.tempo[v].astype(np.float64)
     t_idx = np.searchsorted(np.round(tempos, 4), np.round(r, 4))
     t_idx = np.clip(t_idx, 0, len(tempos) - 1)
-    key = q.key[v].astype(np.int64) + 6           # 1..12
+    key = key + 6                                 # 1..12
     qs = q.q_start[v].astype(np.float64)
     # compare patch centres: the centre of a query patch maps to the reference centre
     q_c = qs + 0.5 * chroma.PATCH_SECONDS / r

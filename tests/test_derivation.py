@@ -169,16 +169,25 @@ def test_write_open_round_trip(tmp_path, catalogue):
     store = drv.DerivationStore([seg])
     starts, vecs = store.track_vectors(8)
     np.testing.assert_allclose(vecs, embs[1].vectors, atol=2e-3)
-    # exact self-search: every vector finds itself
-    nb = store.search(np.asarray(seg.vectors, np.float32)[:20], k=1)
+    # the stored rotations are the canonical ones of the stored float16 patches
+    np.testing.assert_array_equal(np.asarray(seg.rotation), chroma.canonical_rotation(
+        np.asarray(arrays.vectors, np.float32)))
+    np.testing.assert_array_equal(np.asarray(seg.melody_rotation), chroma.canonical_rotation(
+        np.asarray(arrays.melody, np.float32)))
+    # exact self-search (patches in their canonical rotation): every vector finds itself,
+    # with its rotation
+    canon = chroma.rotate(seg.vectors[:20], seg.rotation[:20])
+    nb = store.search(canon, k=1)
     np.testing.assert_array_equal(nb.track, arrays.track[:20])
+    np.testing.assert_array_equal(nb.rotation, np.asarray(seg.rotation[:20]))
+    assert (nb.sim > 0.999).all()
     # the IVF-PQ kind round-trips too (forced on a small file)
     big = drv.SegmentArrays(np.repeat(arrays.track, 4), np.tile(arrays.start, 4),
                             np.tile(arrays.vectors, (4, 1)))
     drv.write_segment(tmp_path, "b.drv", big, kind=drv.KIND_IVFPQ)
     seg_b = drv.read_segment(tmp_path / "b.drv")
     assert seg_b.kind == drv.KIND_IVFPQ
-    nb = drv.DerivationStore([seg_b]).search(np.asarray(seg.vectors, np.float32)[:10], k=1)
+    nb = drv.DerivationStore([seg_b]).search(canon[:10], k=1)
     assert (nb.sim > 0.99).all()
     # corrupt and foreign files are refused with a one-line error
     (tmp_path / "c.drv").write_bytes((tmp_path / "a.drv").read_bytes()[:100])
