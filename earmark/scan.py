@@ -677,8 +677,10 @@ class _WorkerPool:
                     w = self._spawn()
                     outcome = (task[0], "error", outcome[2], outcome[3], outcome[4])
                 w["task"] = None
-                yield outcome
+                # The worker gets its next file before the outcome is handed on: it does not
+                # wait while the caller journals (fsync), reports progress and so on.
                 feed(w)
+                yield outcome
 
     def _failure(self, w: dict[str, Any], why: str) -> tuple:
         from earmark.fingerprint.audio import content_hash
