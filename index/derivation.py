@@ -148,10 +148,18 @@ KIND_FLAT, KIND_IVFPQ = 0, 1
 #: A file with at most this many vectors is searched exactly (IndexFlatIP).
 FLAT_MAX_VECTORS = 20_000
 #: IVF lists visited per query vector.
-NPROBE = 16
-#: Product-quantiser training: sample per code word, k-means iterations.
-PQ_TRAIN_POINTS_PER_CODE = 40
-PQ_TRAIN_ITERATIONS = 10
+NPROBE = 32
+#: Product quantiser: DIM / 2 sub-quantisers of 2 dimensions, 4 bits each (24 bytes a
+#: vector), scanned with FAISS's SIMD "fast scan" kernels.
+PQ_SUBQUANTIZERS = 48
+PQ_BITS = 4
+#: IVF lists: about 4 sqrt(n), but at least this many vectors a list on average (fast-scan
+#: codes are stored in blocks of 32, so short lists are mostly padding), within 64..16 384.
+IVF_MIN_LIST = 128
+#: IVF-PQ candidates re-scored exactly from the float16 vectors: this many per neighbour
+#: asked for, at least RERANK_MIN (4-bit codes rank near neighbours coarsely).
+RERANK_FACTOR = 4
+RERANK_MIN = 32
 #: Offset histogram bin (seconds of reference time).
 OFFSET_BIN = 1.0
 #: Overlapping query patches per independent chance observation (see module doc).
@@ -278,19 +286,19 @@ def choose_index_kind(n_vectors: int) -> int:
 
 
 def _ivf_nlist(n: int) -> int:
-    return int(min(16384, max(256, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))))
+    n = max(n, 1)
+    target = min(4 * math.sqrt(n), n / IVF_MIN_LIST)
+    return int(min(16384, max(64, 2 ** round(math.log2(max(target, 1.0))))))
 
 
 def _new_ivfpq(d: int, nlist: int):
-    """Empty IVF-PQ (inner product): HNSW coarse quantiser, d/4 sub-quantisers x 8 bits."""
+    """Empty IVF-PQ (inner product): HNSW coarse quantiser, ``PQ_SUBQUANTIZERS`` x
+    ``PQ_BITS`` fast-scan codes (``IndexIVFPQFastScan``)."""
     faiss = _faiss()
     quantizer = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-    index = faiss.IndexIVFPQ(quantizer, d, nlist, d // 4, 8, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, PQ_SUBQUANTIZERS, PQ_BITS,
+                                     faiss.METRIC_INNER_PRODUCT)
     index.cp.min_points_per_centroid = 5
-    # Product-quantiser training dominates building the index (FAISS trains the 4-dim
-    # sub-quantisers one by one): ~40 points per code word and 10 k-means iterations.
-    index.pq.cp.max_points_per_centroid = PQ_TRAIN_POINTS_PER_CODE
-    index.pq.cp.niter = PQ_TRAIN_ITERATIONS
     return index
 
 
@@ -594,7 +602,7 @@ class DerivationStore:
             seg_vectors, seg_index = seg.view(view)
             seg_rot = np.asarray(seg.rotations(view))
             if seg.kind == KIND_IVFPQ:
-                kk_c = min(3 * kk, seg.n_vectors)
+                kk_c = min(max(RERANK_FACTOR * kk, RERANK_MIN), seg.n_vectors)
                 _, idx = seg_index.search(vectors, kk_c)
                 # exact re-scoring from the float16 vectors (canonically rotated)
                 valid = idx >= 0
@@ -683,6 +691,9 @@ class DerivationConfig:
         Tempo ratios searched (reference seconds per query second).
     search_keys : bool
         Search the 12 key shifts (else only the original key).
+    key_rotations : int
+        Candidate key rotations searched per query patch
+        (:func:`earmark.fingerprint.chroma.rotation_candidates`; 12 = all).
     max_matches : int
         At most this many derivation matches per query (best first).
     patch_similarity : float
@@ -707,6 +718,7 @@ class DerivationConfig:
     min_significance: float = DEFAULT_MIN_SIGNIFICANCE
     tempos: tuple[float, ...] = chroma.TEMPO_RATIOS
     search_keys: bool = True
+    key_rotations: int = chroma.QUERY_ROTATIONS
     max_matches: int = 5
     patch_similarity: float = PATCH_SIMILARITY
     min_candidate_votes: int = 3
@@ -848,7 +860,7 @@ class _Refined:
 
 def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
            tempo_span: float = 0.15, tempo_steps: int = 21, offset_span: float = 1.5,
-           offset_step: float = 0.25) -> _Refined | None:
+           offset_step: float = 0.125) -> _Refined | None:
     """Fine search of tempo and offset for one hypothesis, against the track's own vectors.
 
     For tempo ``r`` and offset ``b`` the catalogue patch starting at ``t`` is compared with
@@ -864,7 +876,12 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
                else chroma.sampler(q.chroma, getattr(q, "view", "chroma")))
     W = chroma.PATCH_SECONDS
     dur = q.duration
-    tempos = h.tempo * np.exp(np.linspace(-tempo_span, tempo_span, tempo_steps))
+    # one fixed lattice of log tempo (steps of 2 tempo_span / (tempo_steps - 1), through
+    # 1.0): the refined tempo does not depend on which coarse ratio won the votes
+    step = 2 * tempo_span / max(tempo_steps - 1, 1)
+    centre = round(math.log(h.tempo) / step)
+    half = (tempo_steps - 1) // 2
+    tempos = np.exp(step * np.arange(centre - half, centre + half + 1))
     # the patch-centre offset of the votes equals the patch-start offset t - r qs
     offs = h.offset + 0.5 * OFFSET_BIN + np.arange(-offset_span, offset_span + 1e-9, offset_step)
     R = tempos[:, None, None]
@@ -964,17 +981,20 @@ def is_flag(c: Candidate, cfg: DerivationConfig) -> bool:
             and c.contrast >= min_contrast)
 
 
-def _queries(y, sr, cfg: DerivationConfig, query: QueryEmbeddings | None
-             ) -> list[QueryEmbeddings]:
-    """The query embeddings of every view searched (one STFT for both)."""
+def _queries(y, sr, cfg: DerivationConfig, query: QueryEmbeddings | None,
+             frames: Mapping[str, np.ndarray] | None = None) -> list[QueryEmbeddings]:
+    """The query embeddings of every view searched (one STFT for both; ``frames``: the
+    frames of each view, precomputed)."""
     views = cfg.views()
     have = {query.view: query} if query is not None else {}
     need = [v for v in views if v not in have]
-    if need and y is not None:
-        frames = dict(zip(chroma.VIEWS, chroma.analyse(y, sr)))
+    if need and (y is not None or frames is not None):
+        if frames is None:
+            frames = dict(zip(chroma.VIEWS, chroma.analyse(y, sr)))
         for v in need:
             have[v] = chroma.query_embeddings(None, sr, tempos=cfg.tempos,
-                                              keys=cfg.search_keys, chroma=frames[v], view=v)
+                                              keys=cfg.search_keys, chroma=frames[v], view=v,
+                                              rotations=cfg.key_rotations)
     return [have[v] for v in views if v in have]
 
 
