@@ -253,6 +253,7 @@ def test_scan_bench_on_built_inputs(catalogue, built_index, tmp_path):
     assert (j1["jobs"], jn["jobs"]) == (1, 2)
     assert (j1["flagged"], jn["flagged"], j1["errors"], jn["errors"]) == (2, 2, 0, 0)
     assert j1["workers_seen"] == 1 and jn["workers_seen"] == 2
+    assert jn["idle_estimate_seconds"] >= jn["busiest_worker_cpu_seconds"] > 0
     assert all(p["peak_uss_mb"] > 0 and p["peak_pss_mb"] >= p["peak_uss_mb"] - 1
                for p in jn["processes"])
     assert doc["memory"]["worker_peak_uss_mb"] == max(
