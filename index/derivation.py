@@ -20,37 +20,61 @@ file in use.  Layout (little-endian, no pickle)::
     32  8  faiss blob bytes, chroma view (0 for flat)
     40  8  faiss blob bytes, melody view (0 for flat) 48 16 reserved
     64  .. vec_track int64[n] | vec_start float32[n] | chroma vectors float16[n, dim]
-           | melody vectors float16[n, dim] | chroma faiss blob | melody faiss blob
+           | melody vectors float16[n, dim] | chroma rotation int8[n]
+           | melody rotation int8[n] | chroma faiss blob | melody faiss blob
            (each 64-byte aligned; blobs are faiss.serialize_index output)
 
-Format 1 files (chroma view only, embedding version 1) are refused with a one-line
-"re-index" error, as is any other embedding version: vectors of another recipe must
-never be compared with this one's.
+The vectors are stored as embedded (the track's own key); the rotation of each is its
+canonical key rotation (:func:`earmark.fingerprint.chroma.canonical_rotation` of the
+float16 vector, 0..11), and the FAISS indexes hold the vectors in that rotation.
+Format 1 files (chroma view only, embedding version 1) and format 2 files (no
+rotations; FAISS over unrotated vectors) are refused with a one-line "re-index" error,
+as is any other embedding version: vectors of another recipe must never be compared
+with this one's.
 
 Two views share the rows (track, start): the whole-mix chroma patch and the melody
 patch (:mod:`earmark.fingerprint.chroma`, step 5; a zero melody row where the top line
 is silent or barely moves).  The float16 vectors are the source of truth (about 400
-bytes per catalogue second with the ids: ~1.4 MB per catalogue hour, ~1.8 MB with the
-IVF-PQ blobs); they are memory-mapped and serve the exact re-ranking and merges.  The
-FAISS structure is chosen per file from its size (:func:`choose_index_kind`), one per
-view:
+bytes per catalogue second with the ids and rotations: ~1.4 MB per catalogue hour,
+~1.7 MB with the IVF-PQ blobs); they are memory-mapped and serve the exact re-ranking
+and merges.  The FAISS structure is chosen per file from its size
+(:func:`choose_index_kind`), one per view:
 
 * ``n_vectors <= FLAT_MAX_VECTORS`` (20 000 vectors, ~5.5 catalogue hours): exact
   ``IndexFlatIP`` built at open time from the float16 vectors (no blob, nothing to
-  train).  Measured on the dev machine: a flat scan of one view's 480 query variants
-  costs ~0.13 s at 20 000 catalogue vectors and ~0.22 s at 35 000, twice that for both
-  views, which is why the flat kind stops at 20 000;
-* larger: ``IndexIVFPQ`` (inner product, HNSW coarse quantiser, ``nlist`` about
-  ``4 sqrt(n)`` rounded to a power of two within 256..16 384, PQ with ``dim/4``
-  sub-quantisers of 8 bits = 24 bytes a vector), trained on a seeded sample of the
-  file's own vectors, searched with ``nprobe = NPROBE``; its candidates are re-scored
-  exactly from the float16 vectors.  At scale this is the cost that matters:
-  :func:`earmark.bench.derivation.scale_search_bench` (100 000 tracks = 24 M vectors a
-  view, nlist 16 384, both views, 960 query vectors) measured 125 ms on 4 M simulated
-  vectors of which 31 ms quantiser, extrapolated to ~600 ms at full size - over the
-  100 ms target.  The list scan is the bulk; the way down is fewer query variants
-  (a canonical key rotation per patch on both sides would search ~3 rotations instead
-  of 12) and a lower ``nprobe`` or larger ``nlist``, each to be checked for recall.
+  train).  Measured on the dev machine when a query searched all 12 key rotations: a
+  flat scan of one view's 480 query variants cost ~0.13 s at 20 000 catalogue vectors
+  and ~0.22 s at 35 000, twice that for both views, which is why the flat kind stops at
+  20 000 (with 3 rotations, ~114 variants a view, it costs a quarter of that);
+* larger: ``IndexIVFPQFastScan`` (inner product, HNSW coarse quantiser, ``nlist``
+  about ``4 sqrt(n)`` but with lists of at least ``IVF_MIN_LIST`` vectors on average -
+  fast-scan codes sit in blocks of 32, short lists are mostly padding - rounded to a
+  power of two within 64..16 384; PQ with 48 sub-quantisers of 4 bits = 24 bytes a
+  vector, scanned with FAISS's SIMD fast-scan kernels), trained on a seeded sample of
+  the file's own canonically rotated vectors, searched with ``nprobe = NPROBE``; its
+  ``RERANK_FACTOR x k`` best candidates (at least ``RERANK_MIN``) are re-scored exactly
+  from the float16 vectors.  The two views train concurrently in two threads
+  (:func:`_serialized_ivfpq`; FAISS itself stays single-threaded and releases the GIL;
+  the bytes equal a serial build's): the bench catalogue's 35 000-vector file (50
+  pieces and the 81 dev corpus tracks) is written in ~2 s, against 10-13 s for the
+  former 8-bit IVF-PQ trained view after view (same run, machine under load).
+
+  At scale this is the cost that matters.
+  :func:`earmark.bench.derivation.scale_search_bench` simulates 100 000 tracks (24 M
+  vectors a view, nlist 16 384 lists of ~1 465 vectors) with the query vectors the
+  matcher really sends for a fully textured 20 s query (38 patches x 3 rotations = 114
+  a view, both views).  Measured in one run on the dev machine (2 shared vCPUs), per
+  query, quantiser + list scan + exact re-scoring: the former search (8-bit PQ, nprobe
+  16, 12 rotations, 912 vectors) 420 ms; 3 rotations alone 99 ms; fast scan alone
+  (12 rotations, nprobe 32) 121 ms; both, nprobe 16, 28 ms; both, nprobe 32 (the
+  default) 36 ms (9 + 20 + 7 ms) - under the 100 ms target with room for recall.
+  ``nprobe`` was chosen by recall per millisecond: on the bench catalogue's vectors
+  (35 000, queries at cosine ~0.85 to a catalogue vector), the share of the exact top-10
+  neighbours with cosine >= 0.6 that the search returns is 0.94 (chroma) / 0.96
+  (melody) with fast scan at nprobe 32 (nlist 256), 0.93 / 0.94 at nprobe 16, against
+  0.96 / 0.94 for the former 8-bit codes at nprobe 16 (nlist 1 024).  At 16 384 lists,
+  nprobe 32 visits 0.2 % of the catalogue per query vector, so recall at that scale
+  rests on the clustering and is not measured here (no real catalogue of that size).
 
 Removal: a removed track's vectors stay in their file until the next merge
 (:func:`merge_segments`, called where the hash tier merges) and are filtered out of every
@@ -59,16 +83,19 @@ tombstones (``manifest["removed"]``).
 
 Matching: votes, refinement, decision
 -------------------------------------
-1. *Coarse votes.*  Each query patch (every 2 s), at each tempo ratio ``r`` and key
-   rotation ``k`` (:func:`earmark.fingerprint.chroma.query_embeddings`: 5 x 12 variants),
-   retrieves its ``k_neighbours`` nearest catalogue patches; a neighbour with cosine
-   ``>= min_similarity`` votes for ``(track, k, r, b)`` where ``b = t_ref - r * t_query``
+1. *Coarse votes.*  Each query patch (every 2 s), at each tempo ratio ``r`` and each of
+   its candidate key rotations ``s_q`` (:func:`earmark.fingerprint.chroma.query_embeddings`:
+   5 x ``key_rotations`` = 5 x 3 variants), retrieves its ``k_neighbours`` nearest
+   catalogue patches, all in their canonical rotation ``s_ref``; a neighbour with cosine
+   ``>= min_similarity`` implies the key shift ``k = s_q - s_ref`` (mod 12, in -5..6)
+   and votes for ``(track, k, r, b)`` where ``b = t_ref - r * t_query``
    (offset bins of ``OFFSET_BIN`` s, +-1 bin).  A patch counts once per hypothesis.  The
    ``max_candidates`` tracks with most votes go on: a bag of similar-sounding patches
    scattered over a track, over keys or over tempi does not add up to votes.
-2. *Refinement* (:func:`refine`).  Tempo (+-15 % around the coarse ratio, 1.5 % steps)
-   and offset (+-1.5 s, 0.25 s steps) are searched exactly against the track's own
-   float16 vectors; the aligned patches (one per catalogue second the query covers)
+2. *Refinement* (:func:`refine`).  Tempo (+-15 % around the coarse ratio, on one fixed
+   lattice of 1.5 % steps through 1.0, so the result does not depend on which coarse
+   ratio won the votes) and offset (+-1.5 s, 0.125 s steps) are searched exactly against
+   the track's own float16 vectors in the hypothesis's key; the aligned patches (one per catalogue second the query covers)
    give per-patch cosines ``s_i``.  ``score`` = patches with ``s_i >= PATCH_SIMILARITY``.
 3. *Contrast* (:func:`_background`).  The same query is compared with the same track
    shifted by 1.5-7.5 s; ``contrast = mean(s_i) - median(shifted means)``.  Static or
@@ -867,7 +894,10 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
     the query patch starting at ``(t - b) / r`` and spanning ``PATCH_SECONDS / r``; the
     (r, b) with the highest mean cosine (over the patches a full-length alignment has)
     wins.  Coarse votes tolerate about +-5 % of tempo and +-1.5 s; this recovers tempo
-    to about 1.5 % and the offset to 0.25 s.  One vectorised pass: ~13 x 13 x 15 patches.
+    to about 1.5 % and the offset to 0.125 s.  The tempi are a fixed lattice of log tempo
+    through 1.0 (the ``tempo_steps`` nearest the coarse ratio), so two coarse hypotheses
+    of one alignment refine to the same answer.  One vectorised pass: ~21 x 25 x 15
+    patches.
     """
     starts, vecs = store.track_vectors(h.track, getattr(q, "view", "chroma"))
     if starts.size == 0:
