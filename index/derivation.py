@@ -95,8 +95,9 @@ Matching: votes, refinement, decision
 2. *Refinement* (:func:`refine`).  Tempo (+-15 % around the coarse ratio, on one fixed
    lattice of 1.5 % steps through 1.0, so the result does not depend on which coarse
    ratio won the votes) and offset (+-1.5 s, 0.125 s steps) are searched exactly against
-   the track's own float16 vectors in the hypothesis's key; the aligned patches (one per catalogue second the query covers)
-   give per-patch cosines ``s_i``.  ``score`` = patches with ``s_i >= PATCH_SIMILARITY``.
+   the track's own float16 vectors in the hypothesis's key; the aligned patches (one
+   per catalogue second the query covers) give per-patch cosines ``s_i``.  ``score`` =
+   patches with ``s_i >= PATCH_SIMILARITY``.
 3. *Contrast* (:func:`_background`).  The same query is compared with the same track
    shifted by 1.5-7.5 s; ``contrast = mean(s_i) - median(shifted means)``.  Static or
    generic material (a held chord, a drone, a loop) matches just as well shifted and has

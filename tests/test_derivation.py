@@ -345,3 +345,13 @@ def test_views_train_concurrently_into_the_same_bytes(catalogue):
               faiss.serialize_index(drv._build_ivfpq(mel, rot_m, seed=1)).tobytes()]
     assert drv._serialized_ivfpq([(vec, rot, 0), (mel, rot_m, 1)]) == serial
     assert faiss.omp_get_max_threads() == 1
+
+
+def test_scale_bench_sends_the_query_vectors_the_matcher_sends():
+    """The scale bench times what a real query costs: per view, the patches of a 20 s
+    query at the 5 tempo ratios (7 + 7 + 8 + 8 + 8) x QUERY_ROTATIONS candidate rotations,
+    built by the matcher's own code."""
+    per_view = bench.query_vectors_per_view()
+    assert per_view == [38 * chroma.QUERY_ROTATIONS] * len(chroma.VIEWS)
+    cfg = drv.DerivationConfig(key_rotations=12, melody=False)
+    assert bench.query_vectors_per_view(cfg) == [38 * 12]
