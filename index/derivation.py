@@ -886,6 +886,10 @@ class _Refined:
     background: float = 0.0  # median mean-cosine of the same query at other offsets
 
 
+#: Catalogue patches a refinement lattice is scored on, at most (:func:`refine`).
+REFINE_MAX_PATCHES = 32
+
+
 def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
            tempo_span: float = 0.15, tempo_steps: int = 21, offset_span: float = 1.5,
            offset_step: float = 0.125) -> _Refined | None:
@@ -920,7 +924,21 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
     ok = (qs >= -0.05) & (qs + W / R <= dur + 0.05)
     if not ok.any():
         return None
-    ti, oi, ri = np.nonzero(ok)
+    # A long query overlaps hundreds of catalogue patches: the lattice is scored on at
+    # most REFINE_MAX_PATCHES of them, evenly spaced (the cell score is a mean cosine, which
+    # they estimate well), so work and memory per candidate stop growing with the query's
+    # length; the winning cell's evidence is then taken from every patch.  A 20 s query
+    # overlaps ~15, so its result is exact.
+    in_range = np.flatnonzero(ok.any(axis=(0, 1)))
+    n_full_ref = in_range.size
+    if n_full_ref > REFINE_MAX_PATCHES:
+        keep = np.zeros(starts.size, dtype=bool)
+        keep[in_range[np.unique(np.linspace(0, n_full_ref - 1, REFINE_MAX_PATCHES).round()
+                                .astype(np.int64))]] = True
+        lattice_ok = ok & keep[None, None, :]
+    else:
+        lattice_ok = ok
+    ti, oi, ri = np.nonzero(lattice_ok)
     qv, valid = chroma.patches_at(sampler, np.clip(qs[ti, oi, ri], 0, None), tempos[ti], h.key)
     sims = np.where(valid, np.einsum("md,md->m", qv, vecs[ri]), 0.0)
     cell = ti * offs.size + oi
@@ -928,14 +946,25 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
     tot = np.bincount(cell, weights=sims, minlength=n_cells)
     cnt = np.bincount(cell, minlength=n_cells)
     n_full = (dur - W / tempos) * tempos / chroma.INDEX_HOP_SECONDS + 1     # per tempo
+    if lattice_ok is not ok:
+        n_full = n_full * (REFINE_MAX_PATCHES / n_full_ref)
     denom = np.maximum(cnt, 0.8 * np.repeat(np.maximum(n_full, 1.0), offs.size))
     score = tot / denom
     j = int(np.argmax(score))
-    m = cell == j
-    r_best, off_best = float(tempos[j // offs.size]), float(offs[j % offs.size])
+    t_best, o_best = j // offs.size, j % offs.size
+    r_best, off_best = float(tempos[t_best]), float(offs[o_best])
+    if lattice_ok is ok:
+        m = cell == j
+        q_start, r_idx, best_sims = qs[ti[m], oi[m], ri[m]], ri[m], sims[m]
+    else:
+        r_idx = np.flatnonzero(ok[t_best, o_best])
+        q_start = qs[t_best, o_best, r_idx]
+        qv, valid = chroma.patches_at(sampler, np.clip(q_start, 0, None), r_best, h.key)
+        best_sims = np.where(valid, np.einsum("md,md->m", qv, vecs[r_idx]), 0.0)
     return _Refined(tempo=r_best, offset=off_best,
-                    q_start=qs[ti[m], oi[m], ri[m]].astype(np.float64),
-                    r_start=starts[ri[m]].astype(np.float64), sims=sims[m].astype(np.float64),
+                    q_start=np.asarray(q_start, np.float64),
+                    r_start=starts[r_idx].astype(np.float64),
+                    sims=np.asarray(best_sims, np.float64),
                     background=_background(sampler, dur, starts, vecs, r_best, off_best, h.key))
 
 
