@@ -797,7 +797,7 @@ def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float) -> list[_Evi
       of the stronger match's score: a chance alignment riding on audio that is already
       accounted for (a genuinely layered second recording scores comparably).
     """
-    found.sort(key=lambda e: (-e.score, e.track))
+    found.sort(key=lambda e: (-e.score, -e.significance, e.track))
     kept: list[_Evidence] = []
     for e in found:
         lo, hi = float(e.q_frames.min()), float(e.q_end_frames.max())

@@ -363,7 +363,9 @@ class Index:
                        self._track_frames, self.config, mcfg, coarse)
         found = [e for e in found if e.significance >= mcfg.min_significance
                  and e.contrast >= mcfg.min_contrast]
-        found.sort(key=lambda e: (-e.score, e.track))
+        # Ties in score (the same audio in two catalogue recordings, e.g. a remaster)
+        # go to the more significant one, whatever order the files were indexed in.
+        found.sort(key=lambda e: (-e.score, -e.significance, e.track))
         found = found[: mcfg.max_matches]
         refs = self.meta.get_many([e.track for e in found]) if found else {}
         matches = [evidence_to_match(e, refs.get(e.track) or self.reference(e.track),

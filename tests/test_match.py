@@ -259,3 +259,30 @@ def test_python_api_without_cli(catalogue, built_index, tmp_path, monkeypatch):
     # Missing index: a clear error.
     with pytest.raises(earmark.IndexError_, match="no index"):
         earmark.open_index(tmp_path / "nothing-here")
+
+
+def test_tied_duplicates_rank_by_significance_whatever_the_indexing_order(catalogue, tmp_path):
+    """The same audio in two catalogue recordings (a remaster, a re-release) scores the same;
+    the more significant one (their chance rates differ with their lengths and content)
+    ranks first, and the ranking does not depend on which file was indexed first (track
+    ids)."""
+    name = catalogue.names[0]
+    song = catalogue.songs[name]
+    longer = np.concatenate([song, catalogue.other_song(seed=9101, seconds=60.0)])
+    (tmp_path / "a").mkdir()
+    write_audio(tmp_path / "a" / "original.wav", song)
+    write_audio(tmp_path / "a" / "rerelease.wav", longer)
+    query, _t0 = catalogue.excerpt(name, 4.0, 8.0)
+    rankings = []
+    for order in (["original.wav", "rerelease.wav"], ["rerelease.wav", "original.wav"]):
+        ipath = tmp_path / ("idx-" + order[0])
+        with Index.open_writer(ipath) as w:
+            for f in order:                      # two runs: track ids follow this order
+                w.add([tmp_path / "a" / f])
+        result = Index.open(ipath).match_audio(query, SR, MATCH_PRESETS["recording"])
+        top2 = result.matches[:2]
+        assert len(top2) == 2, [(track_of(m), m.score) for m in result.matches]
+        assert top2[0].score == top2[1].score          # the same evidence ...
+        assert top2[0].significance > top2[1].significance   # ... ranked by significance
+        rankings.append([track_of(m) for m in top2])
+    assert rankings[0] == rankings[1]
