@@ -1193,7 +1193,7 @@ def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance
         index = default_index_path()
     gen = scan(inputs, out_dir, index=index, jobs=jobs, manifest=manifest, mcfg=mcfg,
                progress=on_progress, retry_errors=retry_errors, timeout=timeout or None,
-               stdin=click.get_text_stream("stdin") if "-" in inputs else None)
+               stdin=sys.stdin if "-" in inputs else None)
     summary = None
     any_flagged = False
     n_ok = n = 0
