@@ -73,10 +73,12 @@ out of a worker process).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+from numba import njit
 from scipy.fft import dct, idct
 
 __all__ = [
@@ -328,22 +330,78 @@ def melody_frames(y: np.ndarray, sr: int) -> np.ndarray:
     return np.zeros((0, 12), np.float32) if pg is None else _melody_chroma(*pg)
 
 
-def _block_means(cum: np.ndarray, t0: np.ndarray, span: np.ndarray) -> np.ndarray:
-    """Means of a frame sequence over ``PATCH_BLOCKS`` equal blocks of each window.
+@njit(cache=True, nogil=True)
+def _patch_kernel(cum: np.ndarray, starts: np.ndarray, spans: np.ndarray, lin: np.ndarray,
+                  key: int, min_changes: int, min_active: float,
+                  out: np.ndarray, ok: np.ndarray) -> None:
+    """:meth:`PatchSampler.patches` for every start in one pass, without ``(m, blocks,
+    13)`` temporaries (refinement asks for ~17 000 patches per candidate).
 
-    ``cum`` is the cumulative sum (with a leading zero row) of the per-frame rows, so a
-    mean over a fractional interval [a, b) in frames is a difference of two linearly
-    interpolated cumulative values.  ``t0`` and ``span`` are in frames.
+    ``cum`` is the cumulative sum (with a leading zero row) of the per-frame rows (12
+    pitch classes + an active flag), so a mean over a fractional interval ``[a, b)`` of
+    frames is a difference of two linearly interpolated cumulative values.  ``starts``
+    and ``spans`` are in frames, ``lin`` the block edges as fractions of the span.
+    Writes unit vectors into ``out`` ``(m, PATCH_BLOCKS * 12)`` and validity into ``ok``.
     """
     n = cum.shape[0] - 1
-    edges = t0[:, None] + span[:, None] * np.linspace(0.0, 1.0, PATCH_BLOCKS + 1)[None, :]
-    edges = np.clip(edges, 0.0, float(n))
-    lo = np.floor(edges).astype(np.int64)
-    lo = np.minimum(lo, n - 1)
-    frac = (edges - lo)[..., None]
-    c = cum[lo] * (1.0 - frac) + cum[lo + 1] * frac           # (m, B+1, F)
-    width = np.maximum(np.diff(edges, axis=1), 1e-9)[..., None]
-    return np.diff(c, axis=1) / width                          # (m, B, F)
+    n_blocks = lin.shape[0] - 1
+    n_feat = cum.shape[1]
+    c_prev = np.empty(n_feat)
+    c_next = np.empty(n_feat)
+    block = np.empty((n_blocks, n_feat))
+    for i in range(starts.shape[0]):
+        e_prev = 0.0
+        for b in range(n_blocks + 1):
+            e = min(max(starts[i] + spans[i] * lin[b], 0.0), float(n))
+            lo = min(int(math.floor(e)), n - 1)
+            frac = e - lo
+            for f in range(n_feat):
+                c_next[f] = cum[lo, f] * (1.0 - frac) + cum[lo + 1, f] * frac
+            if b > 0:
+                width = max(e - e_prev, 1e-9)
+                for f in range(n_feat):
+                    block[b - 1, f] = (c_next[f] - c_prev[f]) / width
+            for f in range(n_feat):
+                c_prev[f] = c_next[f]
+            e_prev = e
+        act = 0.0
+        for b in range(n_blocks):
+            act += block[b, 12]
+        act /= n_blocks
+        sq = 0.0
+        for b in range(n_blocks):
+            mean = 0.0
+            for f in range(12):
+                mean += block[b, f]
+            mean /= 12.0
+            for j in range(12):
+                v = block[b, (j + key) % 12] - mean
+                out[i, b * 12 + j] = v
+                sq += v * v
+        norm = math.sqrt(sq)
+        valid = act >= min_active and norm > 1e-6
+        if valid and min_changes > 0:
+            moves = 0
+            prev_dom = -1
+            prev_live = False
+            for b in range(n_blocks):
+                dom = 0
+                for f in range(1, 12):
+                    if block[b, f] > block[b, dom]:
+                        dom = f
+                live = block[b, 12] >= min_active
+                if b > 0 and live and prev_live and dom != prev_dom:
+                    moves += 1
+                prev_dom, prev_live = dom, live
+            valid = moves >= min_changes
+        ok[i] = valid
+        scale = 1.0 / max(norm, 1e-9)
+        for d in range(n_blocks * 12):
+            out[i, d] *= scale
+
+
+#: Block edges within a patch, as fractions of its span.
+_BLOCK_EDGES = np.linspace(0.0, 1.0, PATCH_BLOCKS + 1)
 
 
 class PatchSampler:
@@ -368,24 +426,15 @@ class PatchSampler:
         m = starts_frames.shape[0]
         if m == 0 or self.n == 0:
             return np.zeros((m, DIM), np.float32), np.zeros(m, bool)
-        spans = np.broadcast_to(np.asarray(span_frames, np.float64), (m,))
-        blocks = _block_means(self.cum, starts_frames, spans)
-        act = blocks[..., 12].mean(axis=1)
-        x = blocks[..., :12]
-        if key % 12:
-            x = np.roll(x, -(key % 12), axis=2)
-        x = x - x.mean(axis=2, keepdims=True)                 # per block: remove DC
-        x = x.reshape(m, DIM)
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        ok = (act >= MIN_ACTIVE_FRACTION) & (norm[:, 0] > 1e-6)
-        if self.min_changes:
-            # successive active blocks whose dominant pitch class differs
-            dom = np.argmax(blocks[..., :12], axis=2)
-            live = blocks[..., 12] >= MIN_ACTIVE_FRACTION
-            moves = ((dom[:, 1:] != dom[:, :-1]) & live[:, 1:] & live[:, :-1]).sum(axis=1)
-            ok &= moves >= self.min_changes
-        x = x / np.maximum(norm, 1e-9)
-        return x.astype(np.float32), ok
+        spans = np.ascontiguousarray(np.broadcast_to(np.asarray(span_frames, np.float64), (m,)))
+        # Per block: mean chroma (DC removed, rolled by -key) and active fraction; the
+        # patch is valid when active enough, not flat, and (melody view) its dominant
+        # pitch class moves at least ``min_changes`` times between active blocks.
+        out = np.empty((m, DIM), np.float64)
+        ok = np.empty(m, np.bool_)
+        _patch_kernel(self.cum, np.ascontiguousarray(starts_frames), spans, _BLOCK_EDGES,
+                      int(key % 12), self.min_changes, MIN_ACTIVE_FRACTION, out, ok)
+        return out.astype(np.float32), ok
 
 
 def sampler(frames: np.ndarray, view: str = "chroma") -> PatchSampler:

@@ -355,3 +355,49 @@ def test_scale_bench_sends_the_query_vectors_the_matcher_sends():
     assert per_view == [38 * chroma.QUERY_ROTATIONS] * len(chroma.VIEWS)
     cfg = drv.DerivationConfig(key_rotations=12, melody=False)
     assert bench.query_vectors_per_view(cfg) == [38 * 12]
+
+
+def _reference_patches(frames: np.ndarray, starts: np.ndarray, spans: np.ndarray, key: int,
+                       min_changes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain numpy patches: block means by interpolated cumulative sums, DC removed per
+    block, rolled by -key, unit norm; valid when active and (melody) moving."""
+    active = (np.abs(frames).sum(axis=1) > 0).astype(np.float64)
+    rows = np.concatenate([frames.astype(np.float64), active[:, None]], axis=1)
+    cum = np.concatenate([np.zeros((1, rows.shape[1])), np.cumsum(rows, axis=0)])
+    n = cum.shape[0] - 1
+    edges = np.clip(starts[:, None] + spans[:, None]
+                    * np.linspace(0.0, 1.0, chroma.PATCH_BLOCKS + 1)[None, :], 0.0, float(n))
+    lo = np.minimum(np.floor(edges).astype(np.int64), n - 1)
+    frac = (edges - lo)[..., None]
+    c = cum[lo] * (1.0 - frac) + cum[lo + 1] * frac
+    blocks = np.diff(c, axis=1) / np.maximum(np.diff(edges, axis=1), 1e-9)[..., None]
+    act = blocks[..., 12].mean(axis=1)
+    x = np.roll(blocks[..., :12], -(key % 12), axis=2)
+    x = (x - x.mean(axis=2, keepdims=True)).reshape(len(starts), chroma.DIM)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    ok = (act >= chroma.MIN_ACTIVE_FRACTION) & (norm[:, 0] > 1e-6)
+    if min_changes:
+        dom = np.argmax(blocks[..., :12], axis=2)
+        live = blocks[..., 12] >= chroma.MIN_ACTIVE_FRACTION
+        ok &= ((dom[:, 1:] != dom[:, :-1]) & live[:, 1:] & live[:, :-1]).sum(axis=1) >= min_changes
+    return (x / np.maximum(norm, 1e-9)).astype(np.float32), ok
+
+
+@pytest.mark.parametrize("view", ["chroma", "melody"])
+@pytest.mark.parametrize("key", [0, 5, 11])
+def test_patch_kernel_matches_numpy_reference(view, key):
+    rng = np.random.default_rng(3)
+    frames = rng.random((2000, 12)).astype(np.float32)
+    frames[100:300] = 0.0                                  # silence: invalid patches
+    frames[rng.random(2000) < 0.1] = 0.0
+    if view == "melody":                                   # one-hot top line, some held notes
+        top = np.repeat(rng.integers(0, 12, 200), 10)
+        frames = np.eye(12, dtype=np.float32)[top] * (frames.sum(axis=1, keepdims=True) > 0)
+    starts = rng.uniform(-20.0, 2050.0, 3000)              # some partly outside the sequence
+    spans = rng.uniform(40.0, 90.0, 3000)
+    sampler = chroma.sampler(frames, view)
+    vectors, ok = sampler.patches(starts, spans, key)
+    ref_vectors, ref_ok = _reference_patches(frames, starts, spans, key, sampler.min_changes)
+    np.testing.assert_array_equal(ok, ref_ok)
+    assert 0.2 < ok.mean() < 1.0                           # both outcomes are exercised
+    np.testing.assert_allclose(vectors, ref_vectors, rtol=0, atol=1e-6)
