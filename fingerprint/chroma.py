@@ -493,13 +493,23 @@ def rotation_candidates(vectors: np.ndarray, n: int = QUERY_ROTATIONS) -> np.nda
     return ((5 * f) % 12).astype(np.int8)
 
 
+@njit(cache=True, nogil=True)
+def _rotate_kernel(v: np.ndarray, shifts: np.ndarray, out: np.ndarray) -> None:
+    for i in range(v.shape[0]):
+        s = shifts[i] % 12
+        for base in range(0, v.shape[1], 12):
+            for j in range(12):
+                out[i, base + j] = v[i, base + (j + s) % 12]
+
+
 def rotate(vectors: np.ndarray, shifts: np.ndarray | int) -> np.ndarray:
     """Each patch rolled by ``-shift`` pitch classes in every block (``np.roll(x, -s)``:
     pitch class ``s`` moves to 0), float32 ``(m, DIM)``."""
-    v = np.asarray(vectors, np.float32).reshape(-1, PATCH_BLOCKS, 12)
-    s = np.broadcast_to(np.asarray(shifts, np.int64), (v.shape[0],))
-    idx = (np.arange(12)[None, :] + s[:, None]) % 12
-    return np.take_along_axis(v, idx[:, None, :], axis=2).reshape(-1, DIM)
+    v = np.ascontiguousarray(np.asarray(vectors, np.float32).reshape(-1, DIM))
+    s = np.ascontiguousarray(np.broadcast_to(np.asarray(shifts, np.int64), (v.shape[0],)))
+    out = np.empty_like(v)
+    _rotate_kernel(v, s, out)
+    return out
 
 
 def key_shift(query_rotation, reference_rotation) -> np.ndarray:

@@ -401,3 +401,14 @@ def test_patch_kernel_matches_numpy_reference(view, key):
     np.testing.assert_array_equal(ok, ref_ok)
     assert 0.2 < ok.mean() < 1.0                           # both outcomes are exercised
     np.testing.assert_allclose(vectors, ref_vectors, rtol=0, atol=1e-6)
+
+
+def test_rotate_rolls_every_block_like_np_roll():
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((50, chroma.DIM)).astype(np.float32)
+    shifts = rng.integers(-13, 25, 50)
+    out = chroma.rotate(v, shifts)
+    for i in range(50):
+        ref = np.roll(v[i].reshape(chroma.PATCH_BLOCKS, 12), -int(shifts[i]), axis=1).reshape(-1)
+        np.testing.assert_array_equal(out[i], ref)
+    np.testing.assert_array_equal(chroma.rotate(v, 3), chroma.rotate(v, np.full(50, 3)))
