@@ -523,15 +523,13 @@ def _prewarm(idx: Any, mcfg: Any) -> None:
     failure here is ignored (a worker then loads what it needs itself)."""
     try:
         import av  # noqa: F401  (FFmpeg libraries: ~0.1 s and ~30 MB per process)
-        import numpy as np
 
         from earmark.synth import synth_song
 
         sr = idx.config.sr
-        y = synth_song(seed=7, seconds=4.0, sr=sr)
         # One thread: no voting thread pool is started in the parent (threads and fork).
-        idx.match_audio(y, sr, mcfg.with_(threads=1), label="<warm-up>")
-        del y, np
+        idx.match_audio(synth_song(seed=7, seconds=4.0, sr=sr), sr, mcfg.with_(threads=1),
+                        label="<warm-up>")
     except Exception:
         pass
 

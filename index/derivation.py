@@ -349,7 +349,7 @@ def _build_ivfpq(vectors: np.ndarray, rotation: np.ndarray, seed: int = 0):
     index.clustering_index = None
     step = 1_000_000
     for i in range(0, n, step):
-        index.add(np.ascontiguousarray(chroma.rotate(vectors[i:i + step], rotation[i:i + step])))
+        index.add(chroma.rotate(vectors[i:i + step], rotation[i:i + step]))
     index.nprobe = NPROBE
     return index
 
@@ -516,6 +516,10 @@ def read_segment(path: str | os.PathLike, load_index: bool = True) -> Derivation
         raise IndexError_(f"derivation file {path.name} is truncated")
     if kind == KIND_IVFPQ and n and not (blob_len and blob_m_len):
         raise IndexError_(f"derivation file {path.name} lacks its FAISS index; re-index")
+    # Validated before the flat indexes are built from them (an untrusted file).
+    rot, rot_m = np.asarray(arrays[4]), np.asarray(arrays[5])
+    if n and (rot.min() < 0 or rot.max() > 11 or rot_m.min() < 0 or rot_m.max() > 11):
+        raise IndexError_(f"derivation file {path.name} has invalid rotations; re-index")
     index = index_m = None
     if load_index:
         if kind == KIND_IVFPQ and n:
@@ -539,9 +543,6 @@ def read_segment(path: str | os.PathLike, load_index: bool = True) -> Derivation
                 for i in range(0, n, step):
                     index.add(chroma.rotate(arrays[2][i:i + step], arrays[4][i:i + step]))
                     index_m.add(chroma.rotate(arrays[3][i:i + step], arrays[5][i:i + step]))
-    rot, rot_m = np.asarray(arrays[4]), np.asarray(arrays[5])
-    if n and (rot.min() < 0 or rot.max() > 11 or rot_m.min() < 0 or rot_m.max() > 11):
-        raise IndexError_(f"derivation file {path.name} has invalid rotations; re-index")
     return DerivationSegment(name=path.name, kind=int(kind), track=arrays[0], start=arrays[1],
                              vectors=arrays[2], index=index, nbytes=int(size),
                              melody=arrays[3], melody_index=index_m, rotation=arrays[4],
