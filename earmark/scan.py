@@ -82,13 +82,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from earmark.index.store import fsync_dir
 from typing import Any, TextIO
 
 import click
 
 from earmark.errors import EarmarkError, MetadataError
+from earmark.index.store import fsync_dir
+from earmark.threads import single_threaded_blas
 
 RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
@@ -542,6 +542,9 @@ def _worker_init(index_path: str, mcfg, done: set, hashes: set, parent_pid: int,
     _die_with_parent()
     if os.getppid() != parent_pid:
         os._exit(1)
+    # One worker per core: BLAS threads would only spin and take the other workers' cores
+    # (earmark.threads).  Kept for the worker's lifetime.
+    single_threaded_blas().__enter__()
     # Each worker maps the same segment files: the pages are shared through the page cache.
     _W.update(index=Index.open(index_path), mcfg=_worker_threads(mcfg, jobs), done=done,
               hashes=hashes)

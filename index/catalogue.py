@@ -35,6 +35,7 @@ from earmark.fingerprint.config import DEFAULT, FingerprintConfig, MatchConfig, 
 from earmark.fingerprint.landmarks import (Landmarks, check_fingerprintable, fingerprint_audio,
                                            fingerprint_file, sparser)
 from earmark.match import QueryLandmarks, SegmentView, evidence_to_match, search
+from earmark.threads import single_threaded_blas
 from . import derivation, store
 from .metadata import MetadataStore, read_tags
 
@@ -452,6 +453,13 @@ class Index:
             CSV with a ``path`` column and title/artist/isrc/rights_holder/... columns.
         """
         self._require_writer()
+        # One process per core does the work; BLAS threads would only spin (earmark.threads).
+        with single_threaded_blas():
+            return self._add(inputs, jobs, progress, metadata_csv)
+
+    def _add(self, inputs: Iterable[str | os.PathLike], jobs: int,
+             progress: Callable[[int, int, float, str], None] | None,
+             metadata_csv: str | os.PathLike | None) -> IndexReport:
         t_start = time.perf_counter()
         report = IndexReport()
         files, problems = find_audio_files(inputs)

@@ -473,6 +473,41 @@ def test_files_are_fingerprinted_longest_first(tmp_path):
     assert order == ["c.wav", "a.wav", "b.wav", "d.wav", "gone.wav"]
 
 
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+_REAL_FINGERPRINT_JOB = catalogue_mod._fingerprint_job
+
+
+def _job_noting_blas_threads(args):
+    """``_fingerprint_job`` that appends the BLAS thread counts it ran with to a file
+    (module level, so that a forked pool can pickle it by name)."""
+    with open(os.environ["EARMARK_TEST_BLAS_LOG"], "a") as f:
+        f.write(",".join(map(str, _blas_threads())) + "\n")
+    return _REAL_FINGERPRINT_JOB(args)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_indexing_runs_blas_single_threaded_and_restores_it(catalogue, tmp_path, monkeypatch, jobs):
+    # One process per core does the work; BLAS threads inside it only spin (earmark.threads).
+    from threadpoolctl import threadpool_limits
+
+    copy_tracks(catalogue, ["track01.wav", "track02.wav", "track03.wav"], tmp_path / "cat")
+    log = tmp_path / "blas.log"
+    monkeypatch.setenv("EARMARK_TEST_BLAS_LOG", str(log))
+    monkeypatch.setattr(catalogue_mod, "_fingerprint_job", _job_noting_blas_threads)
+    with threadpool_limits(limits=2, user_api="blas"):
+        with Index.open_writer(tmp_path / "idx") as w:
+            report = w.add([tmp_path / "cat"], jobs=jobs)
+        assert set(_blas_threads()) == {2}            # the caller's setting is back
+    assert len(report.added) == 3
+    per_file = log.read_text().split()               # one line per file, one count per library
+    assert len(per_file) == 3 and all(set(line.split(",")) == {"1"} for line in per_file), per_file
+
+
 @pytest.mark.parametrize("failure", ["full disk", "ctrl-c"])
 def test_interrupted_add_keeps_previous_content(catalogue, tmp_path, monkeypatch, failure):
     names = ["track01.wav", "track02.wav", "track03.wav"]

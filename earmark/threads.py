@@ -1,0 +1,33 @@
+"""Thread pools of the native libraries underneath (OpenBLAS, via numpy and FAISS).
+
+Earmark parallelises batch work itself: one worker process per core for ``fp index -j N``
+and ``fp scan -j N``, and its own voting threads for one query.  The BLAS libraries
+also start a thread per core for every matrix product (the derivation tier's pitchgram),
+and OpenBLAS's idle threads busy-wait.  In a batch that is pure loss: measured on the dev
+corpus (2 cores), ``fp index -j 1`` burned 64 s of CPU for 56 s of wall time, the extra
+9 s spinning, with no gain in wall time; at ``-j 2`` the spinning threads of one worker
+took cores from the other (33.3 s wall, against 30.3 s single-threaded).  The batch
+paths therefore run BLAS single-threaded.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+
+def single_threaded_blas() -> AbstractContextManager:
+    """Limit BLAS libraries to one thread; the old limits return when the block ends.
+
+    Forked worker processes inherit the limit (OpenBLAS keeps it in process memory).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from earmark.threads import single_threaded_blas
+    >>> with single_threaded_blas():
+    ...     float((np.ones((64, 64)) @ np.ones(64))[0])
+    64.0
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
