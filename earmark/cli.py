@@ -67,6 +67,15 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="earmark", prog_name="fp")
 def cli() -> None:
     """Earmark: find a catalogue's recordings inside other audio, with evidence."""
+    # Every command parallelises itself (worker processes, voting threads); BLAS threads
+    # would only spin beside them (earmark.threads).  The BLAS libraries are loaded first
+    # (numpy's; scipy's, which numba loads anyway) so that the limit reaches them.
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
+
+    from earmark.threads import single_threaded_blas
+
+    single_threaded_blas().__enter__()
 
 
 # --------------------------------------------------------------------------- index

@@ -457,3 +457,23 @@ def test_demo(tmp_path):
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "all results as expected" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_commands_run_blas_single_threaded(built_index, excerpt_file):
+    path, _ = excerpt_file
+    # Every command parallelises itself; BLAS threads would only spin beside it
+    # (earmark.threads).  In a child process, so that the limit cannot leak into this one.
+    script = (
+        "import sys\n"
+        "from threadpoolctl import threadpool_info, threadpool_limits\n"
+        "import numpy\n"
+        "threadpool_limits(limits=2, user_api='blas')\n"
+        "from earmark.cli import main\n"
+        "try:\n"
+        "    main(['match', '--index', sys.argv[1], sys.argv[2]])\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code)\n"
+        "print('blas', sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(built_index.path), str(path)],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "exit 0" in out and "blas [1]" in out, out
