@@ -28,7 +28,7 @@ bin.  The best hypothesis is then refined: a least-squares line through the matc
 anchor frequencies inside their key bins gives the pitch shift; a final look-up at the
 refined ``(s, p)`` collects the evidence.
 
-Coarse to fine: voting every hypothesis with all ~200 query landmarks per second made the
+Coarse to fine: voting every hypothesis with all query landmarks (~200 per second then) made the
 search ~15x the cost of plain matching.  The grid is first voted with the query's
 strongest landmarks only (its peaks thinned to the catalogue side's density, paired with
 the catalogue side's fan-out: ~27 per second, the ones most likely to be in the index at
