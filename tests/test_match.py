@@ -117,6 +117,32 @@ def test_coarse_to_fine_search_finds_what_the_exhaustive_search_finds(catalogue,
     assert m.score >= 0.9 * e.score
 
 
+def test_fine_stage_skips_transforms_that_only_echo_identity(catalogue, index, monkeypatch):
+    """A recording used as it is also collects coarse votes under the neighbouring
+    transforms; those echoes are not voted again with every landmark.  A real transform
+    still is, and is found."""
+    import earmark.match as match_mod
+
+    real_vote_grid = match_mod._vote_grid
+    fine_hypotheses: list[list[int]] = []
+
+    def recording_vote_grid(query, hyp_index, *args, **kwargs):
+        if hyp_index.shape[0] < 20:       # the fine stage (the coarse one votes the grid)
+            fine_hypotheses.append(hyp_index.tolist())
+        return real_vote_grid(query, hyp_index, *args, **kwargs)
+
+    monkeypatch.setattr(match_mod, "_vote_grid", recording_vote_grid)
+    recording = MATCH_PRESETS["recording"]
+    name = "track04.wav"
+    y, start = catalogue.excerpt(name, 9.0, 9.0)
+    check_top(index.match_audio(y, SR, recording), name, start)
+    assert fine_hypotheses == [[0]]       # identity alone
+    fine_hypotheses.clear()
+    q = soxr.resample(y, SR * 1.2, SR).astype(np.float32)
+    check_top(index.match_audio(q, SR, recording), name, start, speed=1.2, pitch=12 * math.log2(1.2))
+    assert len(fine_hypotheses) == 1 and len(fine_hypotheses[0]) > 1
+
+
 @pytest.mark.parametrize("semitones", [2.0, -2.0])
 def test_pitch_shift(catalogue, index, semitones):
     name = "track05.wav"
