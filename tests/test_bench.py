@@ -117,6 +117,40 @@ def test_repeat_aware_offset(tmp_path):
     assert rec["hit"] and rec["offset_ok"] and rec["offset_repeat"] and not rec["offset_exact"]
 
 
+def test_another_master_of_the_recording_counts_as_a_hit(tmp_path):
+    """Two masters of one recording (a remaster: filtered, quieter, shifted by 0.05 s): a top
+    match on the other master is right for Earmark and peers alike; on different music it
+    is wrong, and so is the other master at a different place."""
+    from scipy.signal import lfilter
+
+    from earmark.bench.peers import PeerMatch
+
+    sr = 8000
+    y = np.concatenate([synth_song(5, seconds=12.0, sr=sr), synth_song(7, seconds=12.0, sr=sr)])
+    remaster = 0.5 * lfilter([0.6, 0.3, 0.1], [1.0, -0.2], np.concatenate([np.zeros(400), y]))
+    paths = {n: str(tmp_path / f"{n}.wav") for n in ("orig", "remaster", "other")}
+    sf.write(paths["orig"], y, sr)
+    sf.write(paths["remaster"], remaster.astype(np.float32), sr)
+    sf.write(paths["other"], synth_song(6, seconds=24.0, sr=sr), sr)
+    spec = QuerySpec(qid="m", kind="positive", transform="mp3_64k", family="codec",
+                     source=paths["orig"], reference=paths["orig"], offset=2.0,
+                     excerpt_seconds=8.0, seed=0, duration=8.0)
+
+    def top(path: str, ref_start: float) -> QueryResult:
+        return _res("m", Match(Reference(2, path), 40, 30.0, 0.0, 8.0, ref_start,
+                               ref_start + 8.0, 1.0))
+
+    rec = score_result(spec, top(paths["remaster"], 2.05), master_check=runner.same_recording)
+    assert rec["hit"] and rec["other_master"] and rec["offset_ok"] and not rec["wrong"]
+    for path, at in ((paths["other"], 2.0), (paths["remaster"], 14.05)):
+        rec = score_result(spec, top(path, at), master_check=runner.same_recording)
+        assert rec["wrong"] and not rec["hit"] and rec["other_master"] is False
+    assert score_result(spec, top(paths["remaster"], 2.05))["wrong"]   # no check: strict
+    peer = score_peer_match(spec, PeerMatch("m", paths["remaster"], 2.05, 30.0), "peer",
+                            master_check=runner.same_recording)
+    assert peer["hit"] and peer["other_master"]
+
+
 def test_peer_scoring():
     from earmark.bench.peers import PeerMatch
 
