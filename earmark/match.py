@@ -635,13 +635,16 @@ def _thread_pool(n_threads: int) -> ThreadPoolExecutor:
 
 def _vote_grid(query: QueryLandmarks, hyp_index: np.ndarray, hyp_s: np.ndarray, hyp_p: np.ndarray,
                segments: list[SegmentView], min_score: int, n_threads: int,
-               mcfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Vote the hypotheses ``hyp_index`` of the grid in every segment.
+               mcfg: MatchConfig, probe_margin: float | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Vote the hypotheses ``hyp_index`` of the grid in every segment (multi-probing with
+    ``probe_margin``, default ``mcfg.probe_margin``).
 
     Hypotheses are independent: they are split over threads (the kernel releases the GIL).
     Returns candidate rows ``(score, hypothesis, track, offset bin, segment)`` and the
     postings visited per grid hypothesis.
     """
+    margin = mcfg.probe_margin if probe_margin is None else probe_margin
     n_threads = max(1, min(n_threads, hyp_index.shape[0]))
     slices = [hyp_index[k::n_threads] for k in range(n_threads)]
     jobs = [(si, hs) for si in range(len(segments)) for hs in slices if hs.shape[0]]
@@ -650,7 +653,7 @@ def _vote_grid(query: QueryLandmarks, hyp_index: np.ndarray, hyp_s: np.ndarray, 
         si, hs = job
         ch, ct, cb, cs, visits = vote_hypotheses(
             query.time, query.f1, query.df, query.dt, hyp_s[hs], hyp_p[hs],
-            *segments[si].arrays(), float(mcfg.offset_bin_frames), mcfg.probe_margin, min_score,
+            *segments[si].arrays(), float(mcfg.offset_bin_frames), margin, min_score,
             stop_key_limit(segments[si].postings.shape[0], mcfg.stop_key_ratio,
                            mcfg.stop_key_min_postings))
         return si, hs, ch, ct, cb, cs, visits
@@ -714,7 +717,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         # of them.
         coarse_cands, coarse_visits = _vote_grid(coarse, np.arange(n_h), hyp_s, hyp_p,
                                                  segments, mcfg.coarse_min_score, n_threads,
-                                                 mcfg)
+                                                 mcfg, mcfg.coarse_probe_margin)
         best = _unexplained_best(coarse_cands, n_h)
         best[0] = 0   # identity is voted anyway
         # A transform is a contender only if its best coarse cell is itself unlikely by

@@ -143,6 +143,24 @@ def test_fine_stage_skips_transforms_that_only_echo_identity(catalogue, index, m
     assert len(fine_hypotheses) == 1 and len(fine_hypotheses[0]) > 1
 
 
+def test_coarse_vote_uses_its_own_probe_margin(catalogue, index, monkeypatch):
+    import earmark.match as match_mod
+
+    real_vote = match_mod.vote_hypotheses
+    margins: dict[str, set] = {"coarse": set(), "fine": set()}
+
+    def recording_vote(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch, *rest):
+        stage = "coarse" if hyp_scale.shape[0] >= 20 else "fine"
+        margins[stage].add(rest[-3])          # (..., offset_bin_frames, probe_margin, min_score, limit)
+        return real_vote(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch, *rest)
+
+    monkeypatch.setattr(match_mod, "vote_hypotheses", recording_vote)
+    mcfg = MATCH_PRESETS["recording"].with_(threads=1, coarse_probe_margin=0.05, probe_margin=0.3)
+    y, start = catalogue.excerpt("track04.wav", 9.0, 9.0)
+    check_top(index.match_audio(y, SR, mcfg), "track04.wav", start)
+    assert margins == {"coarse": {0.05}, "fine": {0.3}}
+
+
 @pytest.mark.parametrize("semitones", [2.0, -2.0])
 def test_pitch_shift(catalogue, index, semitones):
     name = "track05.wav"
