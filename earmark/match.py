@@ -690,11 +690,10 @@ def _unexplained_best(coarse_cands: np.ndarray, n_h: int) -> np.ndarray:
         return best
     score, hyp, track = coarse_cands[:, 0], coarse_cands[:, 1], coarse_cands[:, 2]
     ident = hyp == 0
-    identity_best: dict[int, int] = {}
-    for t, v in zip(track[ident].tolist(), score[ident].tolist()):
-        identity_best[t] = max(v, identity_best.get(t, 0))
-    echo = np.array([identity_best.get(t, -1) >= v for t, v in zip(track.tolist(), score.tolist())],
-                    dtype=bool) & ~ident
+    _, track_index = np.unique(track, return_inverse=True)
+    identity_best = np.full(int(track_index.max()) + 1, -1, dtype=np.int64)
+    np.maximum.at(identity_best, track_index[ident], score[ident])
+    echo = (identity_best[track_index] >= score) & ~ident
     np.maximum.at(best, hyp[~echo], score[~echo])
     return best
 
