@@ -633,41 +633,53 @@ def _thread_pool(n_threads: int) -> ThreadPoolExecutor:
     return _POOL[2]
 
 
-def _vote_grid(query: QueryLandmarks, hyp_index: np.ndarray, hyp_s: np.ndarray, hyp_p: np.ndarray,
-               segments: list[SegmentView], min_score: int, n_threads: int,
-               mcfg: MatchConfig, probe_margin: float | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Vote the hypotheses ``hyp_index`` of the grid in every segment (multi-probing with
-    ``probe_margin``, default ``mcfg.probe_margin``).
+@dataclass(frozen=True)
+class _VotePass:
+    """One voting pass: ``query`` landmarks under the grid hypotheses ``hyp_index``."""
 
-    Hypotheses are independent: they are split over threads (the kernel releases the GIL).
-    Returns candidate rows ``(score, hypothesis, track, offset bin, segment)`` and the
+    query: QueryLandmarks
+    hyp_index: np.ndarray
+    min_score: int
+    probe_margin: float
+
+
+def _vote_passes(passes: list[_VotePass], hyp_s: np.ndarray, hyp_p: np.ndarray,
+                 segments: list[SegmentView], n_threads: int,
+                 mcfg: MatchConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Vote several passes together, each in every segment.
+
+    Hypotheses are independent: each pass's are split over threads (the kernel releases
+    the GIL), and passes share the threads, the first pass's jobs starting first (the
+    matcher votes identity with every landmark while the coarse pass runs).  Returns, per
+    pass, candidate rows ``(score, hypothesis, track, offset bin, segment)`` and the
     postings visited per grid hypothesis.
     """
-    margin = mcfg.probe_margin if probe_margin is None else probe_margin
-    n_threads = max(1, min(n_threads, hyp_index.shape[0]))
-    slices = [hyp_index[k::n_threads] for k in range(n_threads)]
-    jobs = [(si, hs) for si in range(len(segments)) for hs in slices if hs.shape[0]]
+    jobs = []
+    for k, vp in enumerate(passes):
+        n_slices = max(1, min(n_threads, vp.hyp_index.shape[0]))
+        slices = [vp.hyp_index[j::n_slices] for j in range(n_slices)]
+        jobs += [(k, si, hs) for si in range(len(segments)) for hs in slices if hs.shape[0]]
 
     def run(job):
-        si, hs = job
+        k, si, hs = job
+        vp = passes[k]
         ch, ct, cb, cs, visits = vote_hypotheses(
-            query.time, query.f1, query.df, query.dt, hyp_s[hs], hyp_p[hs],
-            *segments[si].arrays(), float(mcfg.offset_bin_frames), margin, min_score,
-            stop_key_limit(segments[si].postings.shape[0], mcfg.stop_key_ratio,
-                           mcfg.stop_key_min_postings))
-        return si, hs, ch, ct, cb, cs, visits
+            vp.query.time, vp.query.f1, vp.query.df, vp.query.dt, hyp_s[hs], hyp_p[hs],
+            *segments[si].arrays(), float(mcfg.offset_bin_frames), vp.probe_margin,
+            vp.min_score, stop_key_limit(segments[si].postings.shape[0], mcfg.stop_key_ratio,
+                                         mcfg.stop_key_min_postings))
+        return k, si, hs, ch, ct, cb, cs, visits
 
     if len(jobs) > 1 and n_threads > 1:
         outputs = list(_thread_pool(n_threads).map(run, jobs))
     else:
         outputs = [run(j) for j in jobs]
-    parts = [np.zeros((0, 5), np.int64)]
-    visits_total = np.zeros(hyp_s.shape[0], dtype=np.int64)
-    for si, hs, ch, ct, cb, cs, visits in outputs:
-        visits_total[hs] += visits
-        parts.append(np.stack([cs, hs[ch], ct, cb, np.full_like(cs, si)], axis=1))
-    return np.concatenate(parts), visits_total
+    parts: list[list[np.ndarray]] = [[np.zeros((0, 5), np.int64)] for _ in passes]
+    visits_total = [np.zeros(hyp_s.shape[0], dtype=np.int64) for _ in passes]
+    for k, si, hs, ch, ct, cb, cs, visits in outputs:
+        visits_total[k][hs] += visits
+        parts[k].append(np.stack([cs, hs[ch], ct, cb, np.full_like(cs, si)], axis=1))
+    return [(np.concatenate(p), v) for p, v in zip(parts, visits_total)]
 
 
 def _unexplained_best(coarse_cands: np.ndarray, n_h: int) -> np.ndarray:
@@ -710,13 +722,15 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     n_h = hyp_s.shape[0]
     W = mcfg.offset_bin_frames
     n_threads = max(1, min(mcfg.threads or (os.cpu_count() or 1), n_h))
+    identity = _VotePass(query, np.zeros(1, np.int64), mcfg.min_score, mcfg.probe_margin)
     if coarse is not None and mcfg.refine_hypotheses > 0 and n_h > 1 + mcfg.refine_hypotheses:
-        # Coarse to fine: vote the whole grid with the strongest landmarks, then vote
-        # identity and the strongest transforms that identity does not explain with all
-        # of them.
-        coarse_cands, coarse_visits = _vote_grid(coarse, np.arange(n_h), hyp_s, hyp_p,
-                                                 segments, mcfg.coarse_min_score, n_threads,
-                                                 mcfg, mcfg.coarse_probe_margin)
+        # Coarse to fine: vote the whole grid with the strongest landmarks, then the
+        # strongest transforms that identity does not explain with all of them.
+        # Identity is voted with all of them in any case, alongside the coarse pass.
+        (id_cands, id_visits), (coarse_cands, coarse_visits) = _vote_passes(
+            [identity, _VotePass(coarse, np.arange(n_h), mcfg.coarse_min_score,
+                                 mcfg.coarse_probe_margin)],
+            hyp_s, hyp_p, segments, n_threads, mcfg)
         best = _unexplained_best(coarse_cands, n_h)
         best[0] = 0   # identity is voted anyway
         # A transform is a contender only if its best coarse cell is itself unlikely by
@@ -726,12 +740,17 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
                                          mcfg.coarse_min_significance, int(best[h]) + 1):
                 best[h] = 0
         ranked = np.lexsort((np.arange(n_h), -best))
-        ranked = ranked[best[ranked] > 0][: mcfg.refine_hypotheses]
-        chosen = np.unique(np.concatenate([[0], ranked]))
+        ranked = np.sort(ranked[best[ranked] > 0][: mcfg.refine_hypotheses])
+        cands, visits_total = id_cands, id_visits
+        if ranked.size:
+            (t_cands, t_visits), = _vote_passes(
+                [_VotePass(query, ranked, mcfg.min_score, mcfg.probe_margin)],
+                hyp_s, hyp_p, segments, n_threads, mcfg)
+            cands, visits_total = np.concatenate([id_cands, t_cands]), id_visits + t_visits
     else:
-        chosen = np.arange(n_h)
-    cands, visits_total = _vote_grid(query, chosen, hyp_s, hyp_p, segments, mcfg.min_score,
-                                         n_threads, mcfg)
+        (cands, visits_total), = _vote_passes(
+            [_VotePass(query, np.arange(n_h), mcfg.min_score, mcfg.probe_margin)],
+            hyp_s, hyp_p, segments, n_threads, mcfg)
     track_best: dict[int, int] = {}
     if cands.shape[0]:
         order_t = np.lexsort((-cands[:, 0], cands[:, 2]))
@@ -740,8 +759,8 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         track_best = {int(t): int(v) for t, v in zip(tracks_sorted[first], cands[order_t, 0][first])}
     if cands.shape[0] == 0:
         return []
-    # Strongest first; ties broken deterministically (hypothesis, track, offset).
-    order = np.lexsort((cands[:, 3], cands[:, 2], cands[:, 1], -cands[:, 0]))
+    # Strongest first; ties broken deterministically (hypothesis, track, offset, segment).
+    order = np.lexsort((cands[:, 4], cands[:, 3], cands[:, 2], cands[:, 1], -cands[:, 0]))
     max_refine = 4 * mcfg.max_matches + 8
     top = cands[order[: 8 * max_refine]]
     # Pre-filter with the same chance model as the final significance, on the coarse

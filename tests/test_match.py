@@ -123,24 +123,25 @@ def test_fine_stage_skips_transforms_that_only_echo_identity(catalogue, index, m
     still is, and is found."""
     import earmark.match as match_mod
 
-    real_vote_grid = match_mod._vote_grid
-    fine_hypotheses: list[list[int]] = []
+    real_vote_passes = match_mod._vote_passes
+    fine_hypotheses: list[int] = []
 
-    def recording_vote_grid(query, hyp_index, *args, **kwargs):
-        if hyp_index.shape[0] < 20:       # the fine stage (the coarse one votes the grid)
-            fine_hypotheses.append(hyp_index.tolist())
-        return real_vote_grid(query, hyp_index, *args, **kwargs)
+    def recording_vote_passes(passes, *args, **kwargs):
+        for vp in passes:
+            if vp.hyp_index.shape[0] < 20:    # fine passes (the coarse one votes the grid)
+                fine_hypotheses.extend(vp.hyp_index.tolist())
+        return real_vote_passes(passes, *args, **kwargs)
 
-    monkeypatch.setattr(match_mod, "_vote_grid", recording_vote_grid)
+    monkeypatch.setattr(match_mod, "_vote_passes", recording_vote_passes)
     recording = MATCH_PRESETS["recording"]
     name = "track04.wav"
     y, start = catalogue.excerpt(name, 9.0, 9.0)
     check_top(index.match_audio(y, SR, recording), name, start)
-    assert fine_hypotheses == [[0]]       # identity alone
+    assert fine_hypotheses == [0]         # identity alone
     fine_hypotheses.clear()
     q = soxr.resample(y, SR * 1.2, SR).astype(np.float32)
     check_top(index.match_audio(q, SR, recording), name, start, speed=1.2, pitch=12 * math.log2(1.2))
-    assert len(fine_hypotheses) == 1 and len(fine_hypotheses[0]) > 1
+    assert fine_hypotheses[0] == 0 and len(fine_hypotheses) > 1
 
 
 def test_coarse_vote_uses_its_own_probe_margin(catalogue, index, monkeypatch):
