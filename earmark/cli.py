@@ -63,13 +63,22 @@ class _LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
+#: Commands that only read or edit index metadata: no numerical work, so no BLAS set-up
+#: (importing scipy.linalg for it would cost them ~0.15 s of start-up).
+_METADATA_COMMANDS = frozenset({"info", "list", "remove"})
+
+
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="earmark", prog_name="fp")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Earmark: find a catalogue's recordings inside other audio, with evidence."""
-    # Every command parallelises itself (worker processes, voting threads); BLAS threads
-    # would only spin beside them (earmark.threads).  The BLAS libraries are loaded first
-    # (numpy's; scipy's, which numba loads anyway) so that the limit reaches them.
+    if ctx.invoked_subcommand in _METADATA_COMMANDS:
+        return
+    # Every other command parallelises itself (worker processes, voting threads); BLAS
+    # threads would only spin beside them (earmark.threads).  The BLAS libraries are
+    # loaded first (numpy's; scipy's, which those commands load anyway through numba)
+    # so that the limit reaches them.
     import numpy  # noqa: F401
     import scipy.linalg  # noqa: F401
 
