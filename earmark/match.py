@@ -722,11 +722,11 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     n_h = hyp_s.shape[0]
     W = mcfg.offset_bin_frames
     n_threads = max(1, min(mcfg.threads or (os.cpu_count() or 1), n_h))
-    identity = _VotePass(query, np.zeros(1, np.int64), mcfg.min_score, mcfg.probe_margin)
     if coarse is not None and mcfg.refine_hypotheses > 0 and n_h > 1 + mcfg.refine_hypotheses:
         # Coarse to fine: vote the whole grid with the strongest landmarks, then the
         # strongest transforms that identity does not explain with all of them.
         # Identity is voted with all of them in any case, alongside the coarse pass.
+        identity = _VotePass(query, np.zeros(1, np.int64), mcfg.min_score, mcfg.probe_margin)
         (id_cands, id_visits), (coarse_cands, coarse_visits) = _vote_passes(
             [identity, _VotePass(coarse, np.arange(n_h), mcfg.coarse_min_score,
                                  mcfg.coarse_probe_margin)],
