@@ -219,7 +219,8 @@ def evaluate_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         add("engine (#2)", "Index.open time", ind["open_time"]["median_s"], "<= 0.2 s",
             ind["open_time"]["median_s"] <= 0.2)
     # issue 4: speed/pitch estimates
-    est_rows = [r for t, r in em.items() if t.split("_")[0] in ("speed", "tempo", "pitch", "slowed")]
+    est_rows = [r for t, r in em.items() if t.split("_")[0] in ("speed", "tempo", "pitch", "slowed",
+                                                                "tempokey")]
     v1 = _pooled(est_rows, "speed_within_1pct")
     v2 = _pooled(est_rows, "pitch_within_025")
     if v1 is not None:

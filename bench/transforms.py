@@ -915,6 +915,12 @@ def _register_defaults() -> None:
             register(Transform(f"pitch_{sign * st:+d}", "pitch", q, _t_pitch(float(sign * st)),
                                pitch_semitones=float(sign * st),
                                description=f"pitch {sign * st:+d} semitones, tempo kept"))
+    # A sample fitted to a new song's beat and key: tempo and key changed independently.
+    for s, st in ((1.06, -2.0), (0.92, 3.0)):
+        register(Transform(f"tempokey_{round((s - 1) * 100):+d}_{st:+g}", "tempokey", q * s,
+                           _t_chain(_t_tempo(s), _t_pitch(st)), speed=s, pitch_semitones=st,
+                           description=f"tempo {round((s - 1) * 100):+d} % and key {st:+g} "
+                                       f"semitones together"))
     register(Transform("griffinlim", "vocoder", q, _t_griffinlim,
                        description="128-band mel spectrogram resynthesised by Griffin-Lim (32 iter)"))
     register(Transform("embed_5s_in_30s", "embed", 5.0, _t_embed(30.0), embed_offset=math.nan,

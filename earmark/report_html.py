@@ -294,7 +294,7 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
     mode = ""
     if mcfg is not None:
         searching = any(getattr(mcfg, a, False) for a in ("search_speed", "search_tempo",
-                                                            "search_pitch"))
+                                                            "search_pitch", "search_tempo_key"))
         mode = (f" · matching: {'speed/tempo/pitch search' if searching else 'plain (--fast)'}, "
                 f"min significance {getattr(mcfg, 'min_significance', 0):g}")
     add(f'<div class="meta">report folder {esc(os.path.abspath(summary.out_dir))} · index '

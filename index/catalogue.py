@@ -345,7 +345,7 @@ class Index:
     # ------------------------------------------------------------------ matching
 
     def _query_max_dt(self, mcfg: MatchConfig) -> float:
-        searching = mcfg.search_speed or mcfg.search_tempo
+        searching = mcfg.search_speed or mcfg.search_tempo or mcfg.search_tempo_key
         return self.config.max_pair_frames / (mcfg.min_speed if searching else 1.0)
 
     def match_landmarks(self, lm: Landmarks, mcfg: MatchConfig | None = None,

@@ -181,6 +181,22 @@ def test_tempo_change(catalogue, index, factor):
     check_top(index.match_audio(q, SR), name, start, speed=factor, pitch=0.0)
 
 
+@pytest.mark.parametrize("factor, semitones", [(1.07, -2.0), (0.93, 2.5)])
+def test_tempo_and_key_changed_together(catalogue, index, factor, semitones):
+    """A sample fitted to a new song's beat and key: tempo and pitch changed independently,
+    on none of the speed/tempo/pitch lines.  Found with both estimates; without the
+    tempo-and-key region of the grid it is not found at its place (so the region is what
+    finds it)."""
+    name = "track07.flac"
+    y, start = catalogue.excerpt(name, 10.0, 8.0)
+    q = pedalboard.time_stretch(y[None, :], SR, stretch_factor=factor,
+                                pitch_shift_in_semitones=semitones)[0].astype(np.float32)
+    check_top(index.match_audio(q, SR), name, start, speed=factor, pitch=semitones)
+    lines_only = index.match_audio(q, SR, MATCH_PRESETS["default"].with_(search_tempo_key=False))
+    assert not [m for m in lines_only.matches
+                if track_of(m) == name and abs(alignment_offset(m) - start) < 0.5]
+
+
 def test_excerpt_embedded_in_other_music_is_found_and_located(catalogue, index):
     name = "track03.wav"
     y, ref_start = catalogue.excerpt(name, 20.0, 5.0)
