@@ -27,7 +27,7 @@ lost hits (48 -> 38 on 3-s noisy excerpts), 40/20 gained one more mix for 55 % m
 >>> round(cfg.frame_seconds * 1000)          # ms per frame
 16
 >>> round(cfg.max_pair_frames * cfg.frame_seconds, 3)  # pairing window, seconds
-1.024
+1.056
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ metadata; nothing is ever pickled or evaluated.
 
 Examples
 --------
->>> store = MetadataStore("catalogue/metadata.sqlite")
->>> with store.transaction():
+>>> store = MetadataStore("catalogue/metadata.sqlite")  # doctest: +SKIP
+>>> with store.transaction():  # doctest: +SKIP
 ...     tid = store.add_track("/music/a.flac", "5f1c...", 201.3, {"title": "A"})
->>> store.get(tid).title
+>>> store.get(tid).title  # doctest: +SKIP
 'A'
 """
 
@@ -94,7 +94,7 @@ class MetadataStore:
 
     Examples
     --------
-    >>> with MetadataStore("metadata.sqlite") as store:
+    >>> with MetadataStore("metadata.sqlite") as store:  # doctest: +SKIP
     ...     tid = store.add_track("a.wav", "00ff...", 12.5, {"artist": "X"})
     ...     store.count()
     1
@@ -180,7 +180,7 @@ class MetadataStore:
 
         Examples
         --------
-        >>> with store.transaction():
+        >>> with store.transaction():  # doctest: +SKIP
         ...     store.remove([old_id])
         ...     new_id = store.add_track(path, digest, duration, tags)
         ...     write_segment_manifest(...)     # a failure here undoes both changes
@@ -269,7 +269,7 @@ class MetadataStore:
 
         Examples
         --------
-        >>> store.add_track("a.flac", "00ff...", 201.3, {"title": "A", "label": "L"})
+        >>> store.add_track("a.flac", "00ff...", 201.3, {"title": "A", "label": "L"})  # doctest: +SKIP
         1
         """
         self._writable()
@@ -334,8 +334,8 @@ class MetadataStore:
 
         Examples
         --------
-        >>> refs = store.get_many([3, 7, 999])
-        >>> sorted(refs)
+        >>> refs = store.get_many([3, 7, 999])  # doctest: +SKIP
+        >>> sorted(refs)  # doctest: +SKIP
         [3, 7]
         """
         ids = sorted({int(t) for t in track_ids})
@@ -423,9 +423,9 @@ class MetadataStore:
             path,title,artist,isrc,label
             audio/a.flac,Alpha,Ann,USRC17607839,Big Label
 
-        >>> store.apply_csv("tracks.csv")
+        >>> store.apply_csv("tracks.csv")  # doctest: +SKIP
         1
-        >>> store.get(1).extra
+        >>> store.get(1).extra  # doctest: +SKIP
         {'label': 'Big Label'}
         """
         self._writable()
@@ -555,7 +555,7 @@ def read_tags(path: str | os.PathLike) -> dict[str, str]:
 
     Examples
     --------
-    >>> read_tags("song.flac")
+    >>> read_tags("song.flac")  # doctest: +SKIP
     {'title': 'Alpha', 'artist': 'Ann', 'isrc': 'USRC17607839', 'rights_holder': 'Big Label'}
     """
     try:
