@@ -902,8 +902,8 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
     wins.  Coarse votes tolerate about +-5 % of tempo and +-1.5 s; this recovers tempo
     to about 1.5 % and the offset to 0.125 s.  The tempi are a fixed lattice of log tempo
     through 1.0 (the ``tempo_steps`` nearest the coarse ratio), so two coarse hypotheses
-    of one alignment refine to the same answer.  One vectorised pass: ~21 x 25 x 15
-    patches.
+    of one alignment refine to the same answer.  Two vectorised passes (every other cell,
+    then the cells around the best): ~160 of the 21 x 25 cells, ~15 patches each.
     """
     starts, vecs = store.track_vectors(h.track, getattr(q, "view", "chroma"))
     if starts.size == 0:
@@ -939,23 +939,42 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
         lattice_ok = ok & keep[None, None, :]
     else:
         lattice_ok = ok
-    ti, oi, ri = np.nonzero(lattice_ok)
-    qv, valid = chroma.patches_at(sampler, np.clip(qs[ti, oi, ri], 0, None), tempos[ti], h.key)
-    sims = np.where(valid, np.einsum("md,md->m", qv, vecs[ri]), 0.0)
-    cell = ti * offs.size + oi
-    n_cells = tempos.size * offs.size
-    tot = np.bincount(cell, weights=sims, minlength=n_cells)
-    cnt = np.bincount(cell, minlength=n_cells)
     n_full = (dur - W / tempos) * tempos / chroma.INDEX_HOP_SECONDS + 1     # per tempo
     if lattice_ok is not ok:
         n_full = n_full * (REFINE_MAX_PATCHES / n_full_ref)
-    denom = np.maximum(cnt, 0.8 * np.repeat(np.maximum(n_full, 1.0), offs.size))
-    score = tot / denom
+    floor = 0.8 * np.maximum(n_full, 1.0)
+    # Coarse to fine on the lattice: every other tempo and offset first, then the cells
+    # within two steps of the best one (the cell score, a mean cosine over 6-s patches,
+    # changes smoothly over a step of 1.5 % or 0.125 s).  ~160 cells of 525 are scored.
+    score = np.full((tempos.size, offs.size), -np.inf)
+    points = []
+
+    def score_cells(cells: np.ndarray) -> None:
+        ti, oi, ri = np.nonzero(lattice_ok & cells[:, :, None])
+        qv, valid = chroma.patches_at(sampler, np.clip(qs[ti, oi, ri], 0, None), tempos[ti],
+                                      h.key)
+        sims = np.where(valid, np.einsum("md,md->m", qv, vecs[ri]), 0.0)
+        points.append((ti, oi, ri, sims))
+        ct, co = np.nonzero(cells)
+        flat = ct * offs.size + co
+        n = tempos.size * offs.size
+        tot = np.bincount(ti * offs.size + oi, weights=sims, minlength=n)[flat]
+        cnt = np.bincount(ti * offs.size + oi, minlength=n)[flat]
+        score[ct, co] = tot / np.maximum(cnt, floor[ct])
+
+    first = np.zeros(score.shape, dtype=bool)
+    first[::2, ::2] = True
+    score_cells(first)
+    t1, o1 = np.unravel_index(int(np.argmax(score)), score.shape)
+    near = np.zeros(score.shape, dtype=bool)
+    near[max(t1 - 2, 0):t1 + 3, max(o1 - 2, 0):o1 + 3] = True
+    score_cells(near & ~first)
     j = int(np.argmax(score))
     t_best, o_best = j // offs.size, j % offs.size
     r_best, off_best = float(tempos[t_best]), float(offs[o_best])
     if lattice_ok is ok:
-        m = cell == j
+        ti, oi, ri, sims = (np.concatenate(a) for a in zip(*points))
+        m = (ti == t_best) & (oi == o_best)
         q_start, r_idx, best_sims = qs[ti[m], oi[m], ri[m]], ri[m], sims[m]
     else:
         r_idx = np.flatnonzero(ok[t_best, o_best])
