@@ -863,16 +863,44 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
                                      query_frames, track_frames.get(track, total_frames),
                                      total_frames, tol_final, float(hypothesis_tests(n_h, h)))
         tried.append((b, slope))
-        # Contrast is the recording's, not the seed candidate's: a weak seed refined onto
-        # the same alignment as a strong one must not carry a weaker contrast into the
-        # overlap suppression that keeps only one of them.
-        contrast = track_contrast(track_best, track, max(score0, track_best.get(track, 0)),
-                                  floor=CONTRAST_FLOOR_FRACTION * mcfg.min_score)
         found.append(_Evidence(track=track, segment=si, score=score, significance=significance,
-                               contrast=contrast,
                                speed=slope, pitch=pitch, line_b=b, q_frames=x,
                                ref_frames=ref_f, q_end_frames=x + query.dt[q_idx]))
+    _set_contrasts(found, track_best, CONTRAST_FLOOR_FRACTION * mcfg.min_score,
+                   mcfg.min_significance)
     return _suppress_overlaps(found, mcfg.shadow_ratio)
+
+
+def _same_place(a: _Evidence, b: _Evidence) -> bool:
+    """The two query segments mostly overlap (more than half of the shorter one)."""
+    lo_a, hi_a = float(a.q_frames.min()), float(a.q_end_frames.max())
+    lo_b, hi_b = float(b.q_frames.min()), float(b.q_end_frames.max())
+    return min(hi_a, hi_b) - max(lo_a, lo_b) > 0.5 * min(hi_a - lo_a, hi_b - lo_b)
+
+
+def _set_contrasts(found: list[_Evidence], track_best: dict[int, int], floor: float,
+                   min_significance: float) -> None:
+    """Each evidence's contrast (:func:`track_contrast`) against the recordings that
+    compete for the same audio.
+
+    A recording with significant evidence of its own elsewhere in the query is another
+    use, not background: a compilation or a DJ mix of six catalogue recordings would
+    otherwise have each judged against the other five (the median of the five strongest
+    others is then itself a real use) and report none of them, as it did.  A recording
+    that aligns at the same place stays in the background: that is the coincidence of
+    one style the contrast is for.  Contrast is the recording's, not the seed
+    candidate's: a weak seed refined onto the same alignment as a strong one must not
+    carry a weaker contrast into the overlap suppression that keeps only one of them.
+    """
+    significant = [e for e in found if e.significance >= min_significance]
+    for e in found:
+        elsewhere = {k.track for k in significant
+                     if k.track != e.track and not _same_place(k, e)}
+        at_same_place = {k.track for k in significant if k.track != e.track and _same_place(k, e)}
+        background = {t: v for t, v in track_best.items()
+                      if t not in elsewhere or t in at_same_place}
+        e.contrast = track_contrast(background, e.track, track_best.get(e.track, e.score),
+                                    floor=floor)
 
 
 def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float) -> list[_Evidence]:

@@ -1139,13 +1139,15 @@ def _fmt_duration(seconds: float | None) -> str:
 @click.option("--fast", is_flag=True, help="Plain matching: no speed/tempo/pitch search.")
 @click.option("--min-significance", type=click.FloatRange(0, None), default=None,
               help="Flag matches at least this significant (-log10 chance probability).")
+@click.option("--max-matches", type=click.IntRange(1, 1000), default=None,
+              help="Most matches per file (default 10; a long DJ mix may use more).")
 @click.option("--retry-errors", is_flag=True,
               help="Analyse again the files listed in errors.jsonl (errors are final otherwise).")
 @click.option("--timeout", type=click.FloatRange(0, None), default=0, show_default=True,
               help="Seconds one file may take before it is given up as an error (0: no limit).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance,
-             retry_errors, timeout, quiet):
+             max_matches, retry_errors, timeout, quiet):
     """Scan audio against the index into a resumable report folder.
 
     INPUTS are folders (recursive), files, list files (@list, or a .txt/.lst file of paths,
@@ -1169,6 +1171,8 @@ def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance
     mcfg = MATCH_PRESETS["fast" if fast else "default"]
     if min_significance is not None:
         mcfg = mcfg.with_(min_significance=min_significance)
+    if max_matches is not None:
+        mcfg = mcfg.with_(max_matches=max_matches)
     stderr = Console(stderr=True, highlight=False)
     bar = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),

@@ -233,6 +233,29 @@ def test_query_using_two_recordings_reports_both_with_segments(catalogue, index)
     assert {track_of(m) for m in res.matches[:2]} == {"track01.wav", "track08.ogg"}
 
 
+def test_compilation_of_many_recordings_reports_every_one(catalogue, index):
+    """A compilation or DJ mix: six catalogue recordings one after another.  Each is
+    reported at its own segment (each recording's contrast is judged against recordings
+    competing for the same audio, not against the other five uses)."""
+    names = ["track01.wav", "track03.wav", "track04.wav", "track05.wav", "track07.flac",
+             "track08.ogg"]
+    parts, starts = [], []
+    for k, name in enumerate(names):
+        y, start = catalogue.excerpt(name, 4.0 + 2 * k, 8.0)
+        parts.append(y)
+        starts.append(start)
+    res = index.match_audio(np.concatenate(parts), SR)
+    by_track = {}
+    for m in res.matches:
+        by_track.setdefault(track_of(m), m)
+    assert set(by_track) == set(names), [(track_of(m), m.score) for m in res.matches]
+    for k, name in enumerate(names):
+        m = by_track[name]
+        assert abs(alignment_offset(m) - (starts[k] - 8.0 * k)) <= 0.1, name
+        assert 8.0 * k - 0.5 <= m.query_start and m.query_end <= 8.0 * (k + 1) + 0.5, (
+            name, m.query_start, m.query_end)
+
+
 # --------------------------------------------------------------------------- negatives
 
 

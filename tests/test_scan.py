@@ -467,6 +467,30 @@ def test_cli_exit_codes(env, scanned, tmp_path):
         assert e.value.code == 2
 
 
+def test_mix_of_several_recordings_is_flagged_with_each_and_max_matches_caps_it(env, tmp_path):
+    """A DJ-mix-like file of three catalogue songs back to back is flagged with all three
+    (each at its own segment); ``--max-matches 2`` keeps the two strongest."""
+    s = env["songs"]
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "mix.wav", np.concatenate([s[0][2 * SR:12 * SR], s[1][5 * SR:15 * SR],
+                                              s[3][10 * SR:20 * SR]]), SR)
+    runner = CliRunner()
+    args = ["--index", str(env["index"]), "-j", "1", "-q", "--min-significance", "20"]
+    r = runner.invoke(cli, ["scan", str(src), "--out", str(tmp_path / "all"), *args])
+    assert r.exit_code == 0, r.output
+    (rec,) = _lines(tmp_path / "all" / RESULTS)
+    found = {Path(m["reference"]["path"]).name: m for m in rec["matches"]}
+    assert set(found) == {"song0.wav", "song1.wav", "song3.wav"}, list(found)
+    for k, name in enumerate(["song0.wav", "song1.wav", "song3.wav"]):
+        assert 10.0 * k - 0.5 <= found[name]["query_start"] < found[name]["query_end"] <= 10.0 * (k + 1) + 0.5
+    r = runner.invoke(cli, ["scan", str(src), "--out", str(tmp_path / "two"), *args,
+                            "--max-matches", "2"])
+    assert r.exit_code == 0, r.output
+    (rec,) = _lines(tmp_path / "two" / RESULTS)
+    assert len(rec["matches"]) == 2
+
+
 def test_load_records_newest_per_path(env, scanned):
     res, errs = load_records(scanned["out"])
     assert len(res) == 5 and len(errs) == 2
