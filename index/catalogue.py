@@ -32,9 +32,11 @@ from earmark.errors import AudioError, EarmarkError, IndexError_
 from earmark.evidence import Match, QueryResult, Reference
 from earmark.fingerprint import audio as audio_io
 from earmark.fingerprint.config import DEFAULT, FingerprintConfig, MatchConfig, PeakConfig
-from earmark.fingerprint.landmarks import (Landmarks, check_fingerprintable, fingerprint_audio,
+from earmark.fingerprint.landmarks import (MIN_SECONDS as MIN_QUERY_SECONDS, Landmarks,
+                                           check_fingerprintable, fingerprint_audio,
                                            fingerprint_file, sparser)
 from earmark.match import QueryLandmarks, SegmentView, evidence_to_match, search
+from earmark import windows
 from earmark.threads import single_threaded_blas
 from . import derivation, store
 from .metadata import MetadataStore, read_tags
@@ -408,14 +410,65 @@ class Index:
         res = self.match_landmarks(lm, mcfg, label)
         return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
 
-    def match_file(self, path: str | os.PathLike, mcfg: MatchConfig | None = None) -> QueryResult:
-        """Decode and match a file.  Errors are raised as :class:`AudioError`."""
+    def match_file(self, path: str | os.PathLike, mcfg: MatchConfig | None = None,
+                   window_seconds: float = windows.WINDOW_SECONDS,
+                   overlap_seconds: float = windows.OVERLAP_SECONDS) -> QueryResult:
+        """Decode and match a file.  Errors are raised as :class:`AudioError`.
+
+        A file longer than ``window_seconds`` is matched in overlapping windows, so its
+        memory stays bounded, and the windows' matches are put back together
+        (:mod:`earmark.windows`).
+        """
         mcfg = mcfg or MatchConfig()
         t0 = time.perf_counter()
-        lm = fingerprint_file(path, self.config, side="query",
-                              max_dt_frames=self._query_max_dt(mcfg), keep_audio=mcfg.derivation)
-        res = self.match_landmarks(lm, mcfg, os.fspath(path))
-        return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
+        label = os.fspath(path)
+        blocks = audio_io.iter_audio_blocks(path, self.config.sr, block_seconds=60.0)
+        parts: list[Match] = []
+        recording_tracks: set[int] = set()
+        duration = 0.0
+        any_peaks = False
+        first = True
+        for start, y, last in windows.audio_windows(blocks, self.config.sr, window_seconds,
+                                                    overlap_seconds):
+            duration = start + y.shape[0] / self.config.sr
+            if first and last:      # the whole file in one window: a plain query
+                lm = fingerprint_audio(y, self.config, side="query",
+                                       max_dt_frames=self._query_max_dt(mcfg))
+                check_fingerprintable(label, lm.duration, lm.n_peaks)
+                if mcfg.derivation:
+                    lm = dataclasses.replace(lm, audio=y)
+                res = self.match_landmarks(lm, mcfg, label)
+                return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
+            lm = fingerprint_audio(y, self.config, side="query",
+                                   max_dt_frames=self._query_max_dt(mcfg))
+            lo, hi = windows.owned_span(start, duration, first, last, overlap_seconds)
+            first = False
+            if lm.duration < MIN_QUERY_SECONDS or lm.n_peaks == 0:
+                continue
+            any_peaks = True
+            if mcfg.derivation:
+                lm = dataclasses.replace(lm, audio=y)
+            res = self.match_landmarks(lm, mcfg.with_(max_matches=4 * mcfg.max_matches + 8),
+                                       label)
+            for m in res.matches:
+                if lo <= start + 0.5 * (m.query_start + m.query_end) < hi:
+                    parts.append(windows.shift(m, start, duration))
+        if not any_peaks:
+            check_fingerprintable(label, duration, 0)
+        joined = windows.join_parts(parts, duration, mcfg.max_gap_seconds + overlap_seconds)
+        recs = sorted((m for m in joined if m.kind == "recording"),
+                      key=lambda m: (-m.score, -m.significance, m.reference.track_id))
+        recs = recs[: mcfg.max_matches]
+        recording_tracks = {m.reference.track_id for m in recs}
+        drvs = sorted((m for m in joined if m.kind != "recording"
+                       and m.reference.track_id not in recording_tracks),
+                      key=lambda m: (-m.significance, -m.score, m.reference.track_id))
+        matches = tuple(recs + drvs[: mcfg.max_matches])
+        return QueryResult(query=label, duration=duration,
+                           matches=tuple(dataclasses.replace(
+                               m, coverage=(m.query_end - m.query_start) / duration)
+                               for m in matches),
+                           elapsed=time.perf_counter() - t0)
 
     def match_files(self, paths: Iterable[str | os.PathLike],
                     mcfg: MatchConfig | None = None) -> Iterator[QueryResult]:
