@@ -60,6 +60,9 @@ fractions in [0, 1]; ``x_realtime`` is audio seconds per wall-clock second.  ``n
     self_query       whole{n, hits, offset_ok, match_config, tracks[]{path, duration, hit,
                      offset_err, offset_ok, speed, coverage, seconds}},
                      windows{system: row}  (clean 10 s windows of every indexed track)
+    compilations     {n_queries, uses, found, wrong, per_query[]{uses, found, wrong, seconds}}
+                     (five catalogue recordings back to back, default preset; see
+                     :func:`earmark.bench.runner.compilation_bench`)
     cli              {available, note?, command, n, first_call_s, p50_s, p95_s, mean_s, matched}
     peers            {name: {describe{}, index{seconds, bytes, jobs, audio_seconds,
                      x_realtime, bytes_per_audio_second, detail{}}, match{queries, seconds,
@@ -424,6 +427,14 @@ def render_markdown(doc: dict[str, Any]) -> str:
                  f"of {w.get('n')}, offset ok {_pct(w.get('offset_ok'))} of hits.  Whole tracks "
                  f"(--fast): {wh.get('hits')}/{wh.get('n')} found, {wh.get('offset_ok')} at offset 0 "
                  f"± 0.1 s.\n")
+
+    comp = doc.get("compilations", {})
+    if comp.get("n_queries"):
+        L.append("## Compilations\n")
+        L.append(f"{comp['n_queries']} queries, each {comp['uses'] // comp['n_queries']} catalogue "
+                 f"recordings of 20 s back to back with 20 s of negative music among them: "
+                 f"{comp['found']} of {comp['uses']} uses found at their place, "
+                 f"{comp['wrong']} matches of a recording the query does not use.\n")
 
     ix = doc.get("indexing", {})
     if ix:

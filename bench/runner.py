@@ -468,6 +468,69 @@ def _expected_ref_offset(m: Match, embed_offset: float) -> float:
     return float(m.reference_start - m.speed * (m.query_start - embed_offset))
 
 
+#: A compilation query: this many catalogue excerpts of COMPILATION_SECONDS each, back to
+#: back, with one excerpt of negative music among them (a DJ mix, a "best of" upload).
+COMPILATION_RECORDINGS = 5
+COMPILATION_SECONDS = 20.0
+
+
+def compilation_bench(idx: Any, catalogue: Sequence[tuple[str, float]],
+                      negatives: Sequence[tuple[str, float]], seed: int, mcfg: Any,
+                      n_queries: int = 8, prog: ProgressFn | None = None) -> dict[str, Any]:
+    """Queries that use several catalogue recordings one after another.
+
+    Each of ``n_queries`` seeded queries holds ``COMPILATION_RECORDINGS`` excerpts of
+    ``COMPILATION_SECONDS`` from distinct catalogue files (and one of negative music when
+    a negatives folder is given).  A use is *found* when its recording is reported with
+    the middle of its query segment inside the excerpt's slot and its reference offset
+    within ``OFFSET_TOL_S``; a match of any other recording is *wrong*.
+
+    Returns ``{n_queries, uses, found, wrong, per_query[]}``.
+    """
+    from earmark.fingerprint import audio as audio_io
+
+    rng = np.random.default_rng([seed, _stable("compilations")])
+    long_enough = [c for c in catalogue if c[1] >= COMPILATION_SECONDS + 2.0]
+    neg_ok = [n for n in negatives if n[1] >= COMPILATION_SECONDS + 2.0]
+    per_query = []
+    if len(long_enough) < COMPILATION_RECORDINGS:
+        return {"n_queries": 0, "uses": 0, "found": 0, "wrong": 0, "per_query": []}
+    for q in range(n_queries):
+        picks = rng.choice(len(long_enough), COMPILATION_RECORDINGS, replace=False)
+        slots = [(long_enough[int(i)][0], float(rng.uniform(1.0, long_enough[int(i)][1]
+                                                           - COMPILATION_SECONDS - 1.0)))
+                 for i in picks]
+        if neg_ok:
+            n_path, n_dur = neg_ok[int(rng.integers(len(neg_ok)))]
+            slots.insert(int(rng.integers(1, len(slots))),
+                         (None, float(rng.uniform(0.0, n_dur - COMPILATION_SECONDS))))
+        parts, uses = [], []
+        for k, (path, start) in enumerate(slots):
+            src = path if path is not None else n_path
+            y = audio_io.load_audio(src, QUERY_SR, max_seconds=COMPILATION_SECONDS,
+                                    offset_seconds=start)
+            y = np.pad(y, (0, max(0, int(COMPILATION_SECONDS * QUERY_SR) - y.shape[0])))
+            parts.append(y[: int(COMPILATION_SECONDS * QUERY_SR)])
+            if path is not None:
+                uses.append((path, k * COMPILATION_SECONDS, start))
+        res = idx.match_audio(np.concatenate(parts), QUERY_SR, mcfg)
+        found, used = 0, {u[0] for u in uses}
+        for path, q0, ref0 in uses:
+            found += any(_same_path(m.reference.path, path)
+                         and q0 <= 0.5 * (m.query_start + m.query_end) < q0 + COMPILATION_SECONDS
+                         and abs(m.reference_start - m.speed * m.query_start - (ref0 - q0))
+                         <= OFFSET_TOL_S
+                         for m in res.matches)
+        wrong = sum(not any(_same_path(m.reference.path, u) for u in used) for m in res.matches)
+        per_query.append({"uses": len(uses), "found": found, "wrong": wrong,
+                          "seconds": res.elapsed})
+        if prog is not None:
+            prog("compilations", q + 1, n_queries)
+    return {"n_queries": len(per_query), "uses": sum(p["uses"] for p in per_query),
+            "found": sum(p["found"] for p in per_query),
+            "wrong": sum(p["wrong"] for p in per_query), "per_query": per_query}
+
+
 def score_result(spec: QuerySpec, result: QueryResult, system: str = "earmark",
                  alias_check: Callable[[str, float, float, float], bool] | None = None,
                  master_check: Callable[[str, float, str, float, float], bool] | None = None
@@ -1278,6 +1341,12 @@ def _run(catalogue_dir, negatives_dir, out: Path, quick, seed, transforms, n_que
                   "match_config": "fast", "tracks": whole},
         "windows": summ["self_query_windows"],
     }
+
+    # ---------------------------------------------------------------- compilations
+    t0 = time.perf_counter()
+    doc["compilations"] = compilation_bench(idx, catalogue, negatives, seed, m_default,
+                                            n_queries=2 if quick else 8, prog=prog)
+    timings["compilations"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- (d) CLI latency
     t0 = time.perf_counter()

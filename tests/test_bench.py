@@ -201,8 +201,8 @@ def test_quick_run_on_synthetic_catalogue(tmp_path):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     loaded = json.loads((out / "results.json").read_text())
     for key in ("schema_version", "machine", "corpus", "indexing", "index", "queries", "accuracy",
-                "negatives", "latency", "scores", "self_query", "cli", "memory", "targets",
-                "timings", "systems"):
+                "negatives", "latency", "scores", "self_query", "compilations", "cli", "memory",
+                "targets", "timings", "systems"):
         assert key in loaded, key
     assert loaded["schema_version"] == report.SCHEMA_VERSION == runner.SCHEMA_VERSION
     assert loaded["queries"]["n_positive"] == 9 and loaded["queries"]["n_negative"] == 8
@@ -211,6 +211,11 @@ def test_quick_run_on_synthetic_catalogue(tmp_path):
     assert acc["clean_10s"]["hit_at_1"] == 1.0 and acc["clean_10s"]["offset_ok"] == 1.0
     assert acc["speed_1.1"]["hit_at_1"] >= 2 / 3
     assert loaded["self_query"]["windows"]["earmark"]["hit_at_1"] == 1.0
+    # Compilations: five recordings back to back (and negative music); each use found.
+    comp = loaded["compilations"]
+    assert comp["n_queries"] == 2 and comp["uses"] == 10, comp
+    assert comp["found"] == 10 and comp["wrong"] == 0, comp["per_query"]
+    assert "## Compilations" in (out / "results.md").read_text()
     assert loaded["indexing"]["runs"][0]["jobs"] == 1 and loaded["indexing"]["runs"][1]["jobs"] == 2
     assert loaded["indexing"]["runs"][0]["landmarks"] == loaded["indexing"]["runs"][1]["landmarks"]
     assert loaded["indexing"]["decode_only"]["x_realtime"] > 0
