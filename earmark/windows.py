@@ -108,13 +108,12 @@ def owned_span(start: float, end: float, first: bool, last: bool,
     return (start if first else start + half, math.inf if last else end - half)
 
 
-def shift(m: Match, seconds: float, query_duration: float) -> Match:
-    """``m`` with its query times moved by ``seconds`` (window -> whole query)."""
+def shift(m: Match, seconds: float) -> Match:
+    """``m`` with its query times moved by ``seconds`` (window -> whole query; its
+    ``coverage`` is the caller's to recompute once the whole query's length is known)."""
     from dataclasses import replace
 
     return replace(m, query_start=m.query_start + seconds, query_end=m.query_end + seconds,
-                   coverage=(m.query_end - m.query_start) / query_duration
-                   if query_duration > 0 else 0.0,
                    alignment=tuple((round(q + seconds, 3), r) for q, r in m.alignment))
 
 

@@ -424,35 +424,29 @@ class Index:
         label = os.fspath(path)
         blocks = audio_io.iter_audio_blocks(path, self.config.sr, block_seconds=60.0)
         parts: list[Match] = []
-        recording_tracks: set[int] = set()
         duration = 0.0
         any_peaks = False
         first = True
         for start, y, last in windows.audio_windows(blocks, self.config.sr, window_seconds,
                                                     overlap_seconds):
             duration = start + y.shape[0] / self.config.sr
-            if first and last:      # the whole file in one window: a plain query
-                lm = fingerprint_audio(y, self.config, side="query",
-                                       max_dt_frames=self._query_max_dt(mcfg))
-                check_fingerprintable(label, lm.duration, lm.n_peaks)
-                if mcfg.derivation:
-                    lm = dataclasses.replace(lm, audio=y)
-                res = self.match_landmarks(lm, mcfg, label)
-                return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
             lm = fingerprint_audio(y, self.config, side="query",
                                    max_dt_frames=self._query_max_dt(mcfg))
+            if mcfg.derivation:
+                lm = dataclasses.replace(lm, audio=y)
+            if first and last:      # the whole file in one window: a plain query
+                check_fingerprintable(label, lm.duration, lm.n_peaks)
+                res = self.match_landmarks(lm, mcfg, label)
+                return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
             lo, hi = windows.owned_span(start, duration, first, last, overlap_seconds)
             first = False
             if lm.duration < MIN_QUERY_SECONDS or lm.n_peaks == 0:
                 continue
             any_peaks = True
-            if mcfg.derivation:
-                lm = dataclasses.replace(lm, audio=y)
             res = self.match_landmarks(lm, mcfg.with_(max_matches=4 * mcfg.max_matches + 8),
                                        label)
-            for m in res.matches:
-                if lo <= start + 0.5 * (m.query_start + m.query_end) < hi:
-                    parts.append(windows.shift(m, start, duration))
+            parts += [windows.shift(m, start) for m in res.matches
+                      if lo <= start + 0.5 * (m.query_start + m.query_end) < hi]
         if not any_peaks:
             check_fingerprintable(label, duration, 0)
         joined = windows.join_parts(parts, duration, mcfg.max_gap_seconds + overlap_seconds)
