@@ -894,11 +894,12 @@ def _set_contrasts(found: list[_Evidence], track_best: dict[int, int], floor: fl
     """
     significant = [e for e in found if e.significance >= min_significance]
     for e in found:
-        elsewhere = {k.track for k in significant
-                     if k.track != e.track and not _same_place(k, e)}
-        at_same_place = {k.track for k in significant if k.track != e.track and _same_place(k, e)}
-        background = {t: v for t, v in track_best.items()
-                      if t not in elsewhere or t in at_same_place}
+        here: set[int] = set()
+        elsewhere: set[int] = set()
+        for k in significant:
+            if k.track != e.track:
+                (here if _same_place(k, e) else elsewhere).add(k.track)
+        background = {t: v for t, v in track_best.items() if t in here or t not in elsewhere}
         e.contrast = track_contrast(background, e.track, track_best.get(e.track, e.score),
                                     floor=floor)
 
