@@ -871,10 +871,14 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     return _suppress_overlaps(found, mcfg.shadow_ratio)
 
 
+def _span(e: _Evidence) -> tuple[float, float]:
+    """Query segment of the evidence, in frames."""
+    return float(e.q_frames.min()), float(e.q_end_frames.max())
+
+
 def _same_place(a: _Evidence, b: _Evidence) -> bool:
     """The two query segments mostly overlap (more than half of the shorter one)."""
-    lo_a, hi_a = float(a.q_frames.min()), float(a.q_end_frames.max())
-    lo_b, hi_b = float(b.q_frames.min()), float(b.q_end_frames.max())
+    (lo_a, hi_a), (lo_b, hi_b) = _span(a), _span(b)
     return min(hi_a, hi_b) - max(lo_a, lo_b) > 0.5 * min(hi_a - lo_a, hi_b - lo_b)
 
 
@@ -916,15 +920,15 @@ def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float) -> list[_Evi
     found.sort(key=lambda e: (-e.score, -e.significance, e.track))
     kept: list[_Evidence] = []
     for e in found:
-        lo, hi = float(e.q_frames.min()), float(e.q_end_frames.max())
+        lo, hi = _span(e)
         clash = False
         for k in kept:
-            klo, khi = float(k.q_frames.min()), float(k.q_end_frames.max())
-            overlap = min(hi, khi) - max(lo, klo)
             if k.track == e.track:
-                clash = overlap > 0.5 * min(hi - lo, khi - klo)
+                clash = _same_place(e, k)
             else:
-                clash = overlap > 0.5 * (hi - lo) and e.score < shadow_ratio * k.score
+                klo, khi = _span(k)
+                clash = (min(hi, khi) - max(lo, klo) > 0.5 * (hi - lo)
+                         and e.score < shadow_ratio * k.score)
             if clash:
                 break
         if not clash:
