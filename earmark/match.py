@@ -201,29 +201,42 @@ def _table_get(keys: np.ndarray, counts: np.ndarray, key: int) -> int:
         h = (h + 1) & mask
 
 
+#: Offset cells gathered before they are counted (8 bytes each).  Reading postings and
+#: counting cells run as two tight loops instead of one that alternates between them.
+#: Measured with identical votes, single-threaded, the whole recording search took 0.84x
+#: the time on 10-s bench queries, 0.78x on the scan bench's 42-179 s files and 0.68x on
+#: 10-s queries against a 5 000-track index.  The chunk bounds the buffer on long queries.
+CELL_CHUNK = 1 << 18
+
+
 @njit(cache=True, nogil=True)
-def _vote_one(s, p, q_time, q_f1, q_df, q_dt, bucket_start, key_lo, postings, slot_track,
-              slot_frame0, slot_live, offset_bin_frames, probe_margin, max_key_postings,
-              keys, counts, touched):
-    """Votes of one hypothesis into the (empty) table.  Returns ``(n_touched, visits)``,
-    or ``(-1, 0)`` when the table is too small (the caller grows it and retries; keeping
-    the arrays fixed here lets the compiler keep the hot loop tight)."""
-    n_touched = 0
-    visits = 0
+def _gather_cells(s, p, q_time, q_f1, q_df, q_dt, j, bucket_start, key_lo, postings,
+                  slot_track, slot_frame0, slot_live, offset_bin_frames, probe_margin,
+                  max_key_postings, cells, chunk):
+    """Vote cells of one hypothesis, from query landmark ``j`` on, until at least
+    ``chunk`` are gathered (at a landmark's end) or the query ends.  A cell is
+    ``track * _OFFSET_SPAN + offset bin + _OFFSET_BIAS``.
+
+    Returns ``(cells, n, next_j)``: ``cells`` grows (a new array) when one landmark's
+    postings overflow it."""
+    n = 0
     n_slots = slot_track.shape[0]
-    limit = keys.shape[0] // 2
     probe_keys = np.empty(8, dtype=np.int64)
     probe_f1 = np.empty(8, dtype=np.int64)
     scratch = np.empty((3, 2), dtype=np.int64)
-    for j in range(q_time.shape[0]):
+    n_q = q_time.shape[0]
+    while j < n_q and n < chunk:
         n_keys = _probe_keys(q_f1[j] - p, q_df[j], q_dt[j] * s, probe_margin, probe_keys,
                              probe_f1, scratch)
         t_ref = q_time[j] * s
         for k in range(n_keys):
-            key = probe_keys[k]
-            first, last = _key_range(bucket_start, key_lo, key)
+            first, last = _key_range(bucket_start, key_lo, probe_keys[k])
             if last - first > max_key_postings:  # a stop key (see vote_hypotheses)
                 continue
+            if n + (last - first) > cells.shape[0]:
+                grown = np.empty(2 * (n + (last - first)), dtype=np.int64)
+                grown[:n] = cells[:n]
+                cells = grown
             for i in range(first, last):
                 post = postings[i]
                 slot = post >> hashes.FRAME_BITS
@@ -233,18 +246,27 @@ def _vote_one(s, p, q_time, q_f1, q_df, q_dt, bucket_start, key_lo, postings, sl
                     continue
                 ref_frame = slot_frame0[slot] + (post & _FRAME_MASK)
                 off_bin = math.floor((ref_frame - t_ref) / offset_bin_frames)
-                cell = slot_track[slot] * _OFFSET_SPAN + off_bin + _OFFSET_BIAS
-                r = _table_insert(keys, counts, cell)
-                visits += 1
-                if r < 0:
-                    touched[n_touched] = -2 - r
-                    n_touched += 1
-                    if n_touched >= limit:
-                        for m in range(n_touched):
-                            keys[touched[m]] = -1
-                            counts[touched[m]] = 0
-                        return -1, 0
-    return n_touched, visits
+                cells[n] = slot_track[slot] * _OFFSET_SPAN + off_bin + _OFFSET_BIAS
+                n += 1
+        j += 1
+    return cells, n, j
+
+
+@njit(cache=True, nogil=True)
+def _grown_table(keys, counts, touched, n_touched, min_size):
+    """The vote table rehashed into at least ``min_size`` slots (a power of two), with
+    its ``touched`` list (room for half the slots)."""
+    size = keys.shape[0]
+    while size < min_size:
+        size *= 2
+    new_keys = np.full(size, -1, dtype=np.int64)
+    new_counts = np.zeros(size, dtype=np.int32)
+    new_touched = np.empty(size // 2, dtype=np.int64)
+    for i in range(n_touched):
+        slot = -2 - _table_insert(new_keys, new_counts, keys[touched[i]])
+        new_counts[slot] = counts[touched[i]]
+        new_touched[i] = slot
+    return new_keys, new_counts, new_touched
 
 
 @njit(cache=True, nogil=True)
@@ -270,10 +292,10 @@ def vote_hypotheses(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch,
     visits : int64 array, one per hypothesis (postings visited)
     """
     n_h = hyp_scale.shape[0]
-    cap = 1 << 14
-    keys = np.full(cap, -1, dtype=np.int64)
-    counts = np.zeros(cap, dtype=np.int32)
-    touched = np.empty(cap, dtype=np.int64)
+    keys = np.full(1 << 14, -1, dtype=np.int64)
+    counts = np.zeros(1 << 14, dtype=np.int32)
+    touched = np.empty(1 << 13, dtype=np.int64)
+    cells = np.empty(1 << 14, dtype=np.int64)
     visits = np.zeros(n_h, dtype=np.int64)
     out_cap = 256
     cand_h = np.empty(out_cap, dtype=np.int64)
@@ -282,17 +304,24 @@ def vote_hypotheses(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch,
     cand_score = np.empty(out_cap, dtype=np.int64)
     n_out = 0
     for h in range(n_h):
-        while True:
-            n_touched, v = _vote_one(hyp_scale[h], hyp_pitch[h], q_time, q_f1, q_df, q_dt,
-                                     bucket_start, key_lo, postings, slot_track, slot_frame0,
-                                     slot_live, offset_bin_frames, probe_margin,
-                                     max_key_postings, keys, counts, touched)
-            if n_touched >= 0:
-                break
-            cap *= 2
-            keys = np.full(cap, -1, dtype=np.int64)
-            counts = np.zeros(cap, dtype=np.int32)
-            touched = np.empty(cap, dtype=np.int64)
+        n_touched = 0
+        v = 0
+        j = 0
+        while j < q_time.shape[0]:
+            cells, n, j = _gather_cells(hyp_scale[h], hyp_pitch[h], q_time, q_f1, q_df, q_dt,
+                                        j, bucket_start, key_lo, postings, slot_track,
+                                        slot_frame0, slot_live, offset_bin_frames,
+                                        probe_margin, max_key_postings, cells, CELL_CHUNK)
+            v += n
+            # At most half full whatever these cells are (a long probe chain is slow).
+            if 2 * (n_touched + n) > keys.shape[0]:
+                keys, counts, touched = _grown_table(keys, counts, touched, n_touched,
+                                                     2 * (n_touched + n))
+            for i in range(n):
+                r = _table_insert(keys, counts, cells[i])
+                if r < 0:
+                    touched[n_touched] = -2 - r
+                    n_touched += 1
         visits[h] = v
         for i in range(n_touched):
             slot_i = touched[i]

@@ -216,6 +216,58 @@ def test_lookups_skip_postings_whose_slot_is_outside_the_segment():
     assert run(damaged) == (10, 10, 10)
 
 
+def test_votes_equal_a_plain_count_across_chunks_and_table_growth():
+    """The vote kernel gathers cells in chunks and grows its table as it goes: its
+    candidates and visits must equal a plain count of every (track, offset bin) cell,
+    on a query whose look-ups give several chunks of cells and far more distinct cells
+    than the table's first size."""
+    from earmark.match import CELL_CHUNK, QueryLandmarks, SegmentView, vote_hypotheses
+
+    rng = np.random.default_rng(11)
+    common = rng.choice(1 << hashes.KEY_BITS, 120, replace=False).astype(np.int64)
+    tracks = list(range(1, 41))
+    keys = [common[rng.integers(0, common.shape[0], 6000)] for _ in tracks]
+    frames = [rng.integers(0, 60_000, 6000) for _ in tracks]
+    # A planted use: 30 query landmarks of track 9, 700 frames later in the reference.
+    q_keys = common[rng.integers(0, common.shape[0], 420)]
+    q_time = np.sort(rng.uniform(0.0, 3000.0, q_keys.shape[0]))
+    keys[8] = np.concatenate([keys[8], q_keys[:30]])
+    frames[8] = np.concatenate([frames[8], np.floor(q_time[:30] + 700).astype(np.int64)])
+    arrays = store.build_segment_arrays(tracks, keys, frames)
+    view = SegmentView(arrays["bucket_start"], arrays["key_lo"], arrays["postings"],
+                       arrays["slot_track"], arrays["slot_frame0"], np.ones(len(tracks), np.bool_))
+    f1, df, dt = hashes.unpack_key(q_keys)
+    query = QueryLandmarks(time=q_time, f1=(f1 + 0.5) * hashes.F1_STEP_SEMITONES,
+                           df=(df - hashes.DF_ZERO + 0.5) * hashes.DF_STEP_SEMITONES,
+                           dt=dt + hashes.DT_MIN_FRAMES + 0.5, duration=30.0)
+    width, min_score = 4.0, 6
+    ch, ct, cb, cs, visits = vote_hypotheses(query.time, query.f1, query.df, query.dt,
+                                             np.array([1.0]), np.array([0.0]), *view.arrays(),
+                                             width, 0.0, min_score, 1 << 62)
+    # Plain count: every posting of each query key votes for its (track, offset bin).
+    all_keys = np.concatenate(keys)
+    all_tracks = np.concatenate([np.full(k.shape[0], t) for t, k in zip(tracks, keys)])
+    all_frames = np.concatenate(frames)
+    cells = []
+    for key, t in zip(q_keys, q_time):
+        hit = all_keys == key
+        cells += list(zip(all_tracks[hit].tolist(),
+                          np.floor((all_frames[hit] - t) / width).astype(np.int64).tolist()))
+    assert int(visits[0]) == len(cells) > 3 * CELL_CHUNK
+    count: dict = {}
+    for c in cells:
+        count[c] = count.get(c, 0) + 1
+    assert len(count) > 1 << 15
+    expected = set()
+    for (track, b), c in count.items():
+        nb = max(count.get((track, b - 1), 0), count.get((track, b + 1), 0))
+        if 2 * c >= min_score and c + nb >= min_score and nb <= c:
+            expected.add((track, b, c + nb))
+    assert set(zip(ct.tolist(), cb.tolist(), cs.tolist())) == expected
+    assert (ch == 0).all()
+    assert any(t == 9 and s >= 30 for t, _, s in expected)
+
+
 @pytest.mark.parametrize("per_key", [1, 3, 40])   # small buckets are scanned, large bisected
 def test_key_range_finds_exactly_the_postings_of_a_key(per_key):
     from earmark.match import _key_range
