@@ -636,10 +636,7 @@ class DerivationStore:
                 # exact re-scoring from the float16 vectors (canonically rotated)
                 valid = idx >= 0
                 rows = np.where(valid, idx, 0)
-                flat = rows.ravel()
-                cand = chroma.rotate(seg_vectors[flat], seg_rot[flat]).reshape(
-                    rows.shape[0], rows.shape[1], -1)
-                sims = np.einsum("qkd,qd->qk", cand, vectors)
+                sims = chroma.rotated_dots(vectors, seg_vectors, rows, seg_rot[rows])
                 sims[~valid] = -2
                 order = np.argsort(-sims, axis=1)[:, :kk]
                 idx = np.take_along_axis(rows, order, 1)

@@ -412,3 +412,20 @@ def test_rotate_rolls_every_block_like_np_roll():
         ref = np.roll(v[i].reshape(chroma.PATCH_BLOCKS, 12), -int(shifts[i]), axis=1).reshape(-1)
         np.testing.assert_array_equal(out[i], ref)
     np.testing.assert_array_equal(chroma.rotate(v, 3), chroma.rotate(v, np.full(50, 3)))
+
+
+def test_rotated_dots_equal_rotating_then_multiplying():
+    """The fused re-scoring kernel gives what gathering, rotating and multiplying give,
+    for every rotation, and refuses rows outside the vectors."""
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(300, chroma.DIM)).astype(np.float16)
+    queries = rng.normal(size=(40, chroma.DIM)).astype(np.float32)
+    rows = rng.integers(0, 300, (40, 25))
+    shifts = rng.integers(0, 12, (40, 25))
+    expected = np.einsum("qkd,qd->qk", chroma.rotate(vectors[rows.ravel()], shifts.ravel())
+                         .reshape(40, 25, -1), queries)
+    got = chroma.rotated_dots(queries, vectors, rows, shifts)
+    assert got.shape == (40, 25)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(IndexError):
+        chroma.rotated_dots(queries, vectors, rows + 300, shifts)
