@@ -533,8 +533,9 @@ def _rotated_dots_kernel(queries, vector_bits, half_to_float, rows, shifts, out)
 
 def rotated_dots(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray,
                  shifts: np.ndarray) -> np.ndarray:
-    """Cosines of query ``i`` with catalogue vectors ``rows[i, k]`` rotated by
-    ``shifts[i, k]``: ``queries[i] . rotate(vectors[rows[i, k]], shifts[i, k])``.
+    """Dot products (cosines: the vectors are unit length) of query ``i`` with catalogue
+    vectors ``rows[i, k]`` rotated by ``shifts[i, k]``:
+    ``queries[i] . rotate(vectors[rows[i, k]], shifts[i, k])``.
 
     The same numbers as gathering, rotating and multiplying (:func:`rotate`), without
     materialising the ``(m, k, DIM)`` float32 copy: the IVF-PQ re-scoring of a 3-minute
