@@ -696,6 +696,7 @@ class _VotePass:
     hyp_index: np.ndarray
     min_score: int
     probe_margin: float
+    stop_key_ratio: float
 
 
 def _vote_passes(passes: list[_VotePass], hyp_s: np.ndarray, hyp_p: np.ndarray,
@@ -721,7 +722,7 @@ def _vote_passes(passes: list[_VotePass], hyp_s: np.ndarray, hyp_p: np.ndarray,
         ch, ct, cb, cs, visits = vote_hypotheses(
             vp.query.time, vp.query.f1, vp.query.df, vp.query.dt, hyp_s[hs], hyp_p[hs],
             *segments[si].arrays(), float(mcfg.offset_bin_frames), vp.probe_margin,
-            vp.min_score, stop_key_limit(segments[si].postings.shape[0], mcfg.stop_key_ratio,
+            vp.min_score, stop_key_limit(segments[si].postings.shape[0], vp.stop_key_ratio,
                                          mcfg.stop_key_min_postings))
         return k, si, hs, ch, ct, cb, cs, visits
 
@@ -781,12 +782,13 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         # Coarse to fine: vote the whole grid with the strongest landmarks, then the
         # strongest transforms that identity does not explain with all of them.
         # Identity is voted with all of them in any case, alongside the coarse pass.
-        identity = _VotePass(query, np.zeros(1, np.int64), mcfg.min_score, mcfg.probe_margin)
+        identity = _VotePass(query, np.zeros(1, np.int64), mcfg.min_score, mcfg.probe_margin,
+                             mcfg.stop_key_ratio)
         # The lines and the tempo-and-key region are separate jobs for the voting
         # threads (the region is as large as the lines: one pass would split unevenly).
         region = tempo_key_region(hyp_s, hyp_p)
         passes = [identity] + [_VotePass(coarse, np.flatnonzero(part), mcfg.coarse_min_score,
-                                         mcfg.coarse_probe_margin)
+                                         mcfg.coarse_probe_margin, mcfg.coarse_stop_key_ratio)
                                for part in (~region, region) if part.any()]
         (id_cands, id_visits), *coarse_out = _vote_passes(passes, hyp_s, hyp_p, segments,
                                                           n_threads, mcfg)
@@ -805,12 +807,14 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         cands, visits_total = id_cands, id_visits
         if ranked.size:
             (t_cands, t_visits), = _vote_passes(
-                [_VotePass(query, ranked, mcfg.min_score, mcfg.probe_margin)],
+                [_VotePass(query, ranked, mcfg.min_score, mcfg.probe_margin,
+                           mcfg.stop_key_ratio)],
                 hyp_s, hyp_p, segments, n_threads, mcfg)
             cands, visits_total = np.concatenate([id_cands, t_cands]), id_visits + t_visits
     else:
         (cands, visits_total), = _vote_passes(
-            [_VotePass(query, np.arange(n_h), mcfg.min_score, mcfg.probe_margin)],
+            [_VotePass(query, np.arange(n_h), mcfg.min_score, mcfg.probe_margin,
+                       mcfg.stop_key_ratio)],
             hyp_s, hyp_p, segments, n_threads, mcfg)
     track_best: dict[int, int] = {}
     if cands.shape[0]:

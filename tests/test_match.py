@@ -162,6 +162,29 @@ def test_coarse_vote_uses_its_own_probe_margin(catalogue, index, monkeypatch):
     assert margins == {"coarse": {0.05}, "fine": {0.3}}
 
 
+def test_coarse_vote_uses_its_own_stop_key_ratio(catalogue, index, monkeypatch):
+    """The coarse stage skips keys above ``coarse_stop_key_ratio`` x the mean postings per
+    key; identity and the refined transforms keep ``stop_key_ratio``."""
+    import earmark.match as match_mod
+
+    real_vote = match_mod.vote_hypotheses
+    limits: dict[str, set] = {"coarse": set(), "fine": set()}
+
+    def recording_vote(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch, *rest):
+        stage = "coarse" if hyp_scale.shape[0] >= 20 else "fine"
+        limits[stage].add(rest[-1])           # (..., min_score, max_key_postings)
+        return real_vote(q_time, q_f1, q_df, q_dt, hyp_scale, hyp_pitch, *rest)
+
+    monkeypatch.setattr(match_mod, "vote_hypotheses", recording_vote)
+    mcfg = MATCH_PRESETS["recording"].with_(threads=1, stop_key_min_postings=0,
+                                            stop_key_ratio=1000.0, coarse_stop_key_ratio=50.0)
+    y, start = catalogue.excerpt("track04.wav", 9.0, 9.0)
+    check_top(index.match_audio(y, SR, mcfg), "track04.wav", start)
+    sizes = [v.postings.shape[0] for v in index._views]
+    assert limits == {"coarse": {match_mod.stop_key_limit(n, 50.0, 0) for n in sizes},
+                      "fine": {match_mod.stop_key_limit(n, 1000.0, 0) for n in sizes}}
+
+
 @pytest.mark.parametrize("semitones", [2.0, -2.0])
 def test_pitch_shift(catalogue, index, semitones):
     name = "track05.wav"
