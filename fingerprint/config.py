@@ -224,14 +224,16 @@ class MatchConfig:
         at 20 000 tracks 90 with both presets: noise and another song at 0 dB, a 5-s
         excerpt in 30 s, 2-3 s excerpts, speed, tempo, pitch, codecs, Griffin-Lim - and
         no negative matched (211 and 80), while a single-threaded query took 0.67-0.78x
-        the time with the default search and 0.36-0.53x with ``--fast``.  Indexes under ~16 postings per key (about
-        2 500 tracks) are unaffected: ``stop_key_min_postings`` is the floor.
+        the time with the default search and 0.36-0.53x with ``--fast``.  Indexes under
+        ~16 postings per key (about 2 500 tracks) are unaffected: ``stop_key_min_postings``
+        is the floor.
     coarse_stop_key_ratio : float
         ``stop_key_ratio`` of the coarse vote.  The coarse stage only ranks transforms
         (identity and the refined transforms are voted with ``stop_key_ratio``, and the
         evidence uses every key), and a real transform leads it on its rarer keys too.
         On a 5 000-track index (``fp bench scale``: the 81 dev tracks and synthetic
-        postings with their key statistics) 2 instead of 32 took the default search of a
+        postings with their key statistics) 2 instead of 32 (then also the other votes'
+        ratio) took the default search of a
         10-s query from 165 to 101 ms single-threaded, with the same top match on 390
         bench queries of 13 transformed rows and no match on 211 negatives.  Small indexes
         are unaffected: the limit never falls below ``stop_key_min_postings``, which the dev
