@@ -323,7 +323,8 @@ def generate_queries(specs: list[QuerySpec], qdir: str, negatives: Sequence[tupl
                      jobs: int, progress: ProgressFn) -> tuple[list[QuerySpec], float]:
     """Generate all query WAVs in a process pool; returns the completed specs and seconds."""
     os.makedirs(qdir, exist_ok=True)
-    cost = {"griffinlim": 10.0, "vocoder": 10.0, "tempo": 2.0, "pitch": 2.0, "tempokey": 4.0}
+    cost = {"griffinlim": 10.0, "vocoder": 10.0, "tempo": 2.0, "pitch": 2.0, "tempokey": 4.0,
+            "phasevocoder": 2.0}
     by_source: dict[str, list[QuerySpec]] = {}
     for s in specs:
         by_source.setdefault(s.source, []).append(s)

@@ -61,7 +61,9 @@ __all__ = [
     "telephone",
     "change_speed",
     "change_tempo",
+    "change_tempo_phase_vocoder",
     "shift_pitch",
+    "shift_pitch_phase_vocoder",
     "griffin_lim_resynth",
     "embed_excerpt",
     "peak_normalise",
@@ -576,6 +578,32 @@ def shift_pitch(y: np.ndarray, sr: int, *, semitones: float) -> np.ndarray:
     return _fit_length(_rubberband(y, sr, 1.0, semitones), len(y))
 
 
+def change_tempo_phase_vocoder(y: np.ndarray, sr: int, *, speed: float) -> np.ndarray:
+    """Tempo-only change with librosa's phase vocoder (``librosa.effects.time_stretch``).
+
+    A second stretching algorithm beside Rubber Band: the plain phase vocoder (2048-point
+    STFT, no transient handling) is what Python pipelines reach for, and it smears onsets
+    by tens of milliseconds.  ``speed`` as in :func:`change_tempo`.
+    """
+    import librosa
+
+    if speed <= 0:
+        raise ValueError(f"speed must be > 0, got {speed}")
+    y = np.asarray(y, dtype=np.float32)
+    out = librosa.effects.time_stretch(y, rate=float(speed)) if len(y) else y.copy()
+    return _fit_length(np.asarray(out, dtype=np.float32), int(round(len(y) / speed)))
+
+
+def shift_pitch_phase_vocoder(y: np.ndarray, sr: int, *, semitones: float) -> np.ndarray:
+    """Pitch-only shift with librosa's phase vocoder and resampling
+    (``librosa.effects.pitch_shift``); see :func:`change_tempo_phase_vocoder`."""
+    import librosa
+
+    y = np.asarray(y, dtype=np.float32)
+    out = librosa.effects.pitch_shift(y, sr=sr, n_steps=float(semitones)) if len(y) else y.copy()
+    return _fit_length(np.asarray(out, dtype=np.float32), len(y))
+
+
 # ----------------------------------------------------------------------------- vocoder stand-in
 
 
@@ -734,6 +762,14 @@ def _t_tempo(speed: float) -> ApplyFn:
 
 def _t_pitch(semitones: float) -> ApplyFn:
     return lambda y, sr, rng, ctx: shift_pitch(y, sr, semitones=semitones)
+
+
+def _t_tempo_pv(speed: float) -> ApplyFn:
+    return lambda y, sr, rng, ctx: change_tempo_phase_vocoder(y, sr, speed=speed)
+
+
+def _t_pitch_pv(semitones: float) -> ApplyFn:
+    return lambda y, sr, rng, ctx: shift_pitch_phase_vocoder(y, sr, semitones=semitones)
 
 
 def _t_griffinlim(y, sr, rng, ctx):
@@ -921,6 +957,12 @@ def _register_defaults() -> None:
                            _t_chain(_t_tempo(s), _t_pitch(st)), speed=s, pitch_semitones=st,
                            description=f"tempo {round((s - 1) * 100):+d} % and key {st:+g} "
                                        f"semitones together"))
+    # The same kinds of change through a different algorithm: librosa's phase vocoder.
+    s = 0.85
+    register(Transform("pv_tempo_-15", "phasevocoder", q * s, _t_tempo_pv(s), speed=s,
+                       description="tempo -15 %, pitch kept, librosa phase vocoder"))
+    register(Transform("pv_pitch_-3", "phasevocoder", q, _t_pitch_pv(-3.0), pitch_semitones=-3.0,
+                       description="pitch -3 semitones, tempo kept, librosa phase vocoder"))
     register(Transform("griffinlim", "vocoder", q, _t_griffinlim,
                        description="128-band mel spectrogram resynthesised by Griffin-Lim (32 iter)"))
     register(Transform("embed_5s_in_30s", "embed", 5.0, _t_embed(30.0), embed_offset=math.nan,
