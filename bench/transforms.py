@@ -581,9 +581,9 @@ def shift_pitch(y: np.ndarray, sr: int, *, semitones: float) -> np.ndarray:
 def change_tempo_phase_vocoder(y: np.ndarray, sr: int, *, speed: float) -> np.ndarray:
     """Tempo-only change with librosa's phase vocoder (``librosa.effects.time_stretch``).
 
-    A second stretching algorithm beside Rubber Band: the plain phase vocoder (2048-point
-    STFT, no transient handling) is what Python pipelines reach for, and it smears onsets
-    by tens of milliseconds.  ``speed`` as in :func:`change_tempo`.
+    A second stretching algorithm beside Rubber Band: librosa's plain phase vocoder
+    (2048-point STFT, no transient handling), a common step in Python pipelines, smears
+    onsets by tens of milliseconds.  ``speed`` as in :func:`change_tempo`.
     """
     import librosa
 
