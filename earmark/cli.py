@@ -175,7 +175,8 @@ def _print_table(result: QueryResult) -> None:
         table.add_row(str(i), kind, escape(name), f"{_fmt_time(m.query_start)}–{_fmt_time(m.query_end)}",
                       f"{_fmt_time(m.reference_start)}–{_fmt_time(m.reference_end)}",
                       f"{m.speed:.3f}x", f"{m.pitch_semitones:+.2f} st", str(m.score),
-                      f"{m.significance:.1f}")
+                      f"{m.significance:.1f}" + ("" if m.verified is None
+                                                 else f" (audio {m.verified:.2f})"))
     console.print(table)
 
 

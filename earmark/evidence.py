@@ -23,6 +23,8 @@ JSON schema of one query line (``fp match --json``, ``results.jsonl`` of ``fp sc
           "coverage": 0.6,               # fraction of the query the segment covers
           "speed": 1.05,                 # time-scale: reference seconds per query second
           "pitch_semitones": 0.84,       # frequency shift of the query vs. the reference
+          "verified": null,              # spectrogram correlation with the catalogue file
+                                         # when the landmarks alone were under the threshold
           "alignment": [[q_t, r_t], ...] # optional: matched landmark times (for plots)
         }
       ]
@@ -90,6 +92,10 @@ class Match:
         ``"recording"`` for landmark matches.
     alignment : list of (float, float)
         Query and reference times (seconds) of the aligned landmarks, for plots.
+    verified : float or None
+        Set when the landmark evidence alone was under the significance threshold and the
+        match was checked on the audio (:mod:`earmark.verify`): the correlation of the
+        aligned spectrograms of query and catalogue file.  ``None`` otherwise.
     """
 
     reference: Reference
@@ -104,6 +110,7 @@ class Match:
     pitch_semitones: float = 0.0
     kind: str = "recording"
     alignment: tuple[tuple[float, float], ...] = ()
+    verified: float | None = None
 
     def to_dict(self, with_alignment: bool = False) -> dict[str, Any]:
         """JSON-ready dict (floats rounded for readability)."""
@@ -118,6 +125,7 @@ class Match:
                   "reference_end", "coverage", "speed", "pitch_semitones"):
             v = float(d[k])
             out[k] = round(v, 4) if math.isfinite(v) else None
+        out["verified"] = None if self.verified is None else round(float(self.verified), 3)
         if with_alignment:
             out["alignment"] = [[round(q, 3), round(r, 3)] for q, r in self.alignment]
         return out

@@ -36,7 +36,7 @@ from earmark.fingerprint.landmarks import (MIN_SECONDS as MIN_QUERY_SECONDS, Lan
                                            check_fingerprintable, fingerprint_audio,
                                            fingerprint_file, sparser)
 from earmark.match import QueryLandmarks, SegmentView, evidence_to_match, search
-from earmark import windows
+from earmark import verify, windows
 from earmark.threads import single_threaded_blas
 from . import derivation, store
 from .metadata import MetadataStore, read_tags
@@ -364,19 +364,47 @@ class Index:
                 sparser(lm, self.config, coarse_peaks, self._query_max_dt(mcfg)))
         found = search(QueryLandmarks.from_landmarks(lm), self._views, self.total_frames,
                        self._track_frames, self.config, mcfg, coarse)
-        found = [e for e in found if e.significance >= mcfg.min_significance
-                 and e.contrast >= mcfg.min_contrast]
+        found = [e for e in found if e.contrast >= mcfg.min_contrast]
+        # Candidates under the threshold may still be verified on the audio.
+        weak = [e for e in found if mcfg.verify_min_significance <= e.significance
+                < mcfg.min_significance and e.score >= mcfg.min_score] \
+            if mcfg.verifies and lm.audio is not None else []
         # Ties in score (the same audio in two catalogue recordings, e.g. a remaster)
         # go to the more significant one, whatever order the files were indexed in.
-        found.sort(key=lambda e: (-e.score, -e.significance, e.track))
-        found = found[: mcfg.max_matches]
-        refs = self.meta.get_many([e.track for e in found]) if found else {}
-        matches = [evidence_to_match(e, refs.get(e.track) or self.reference(e.track),
-                                     lm.duration, self.config.frame_seconds) for e in found]
+        def rank(e) -> tuple:
+            return (-e.score, -e.significance, e.track)
+
+        found = sorted((e for e in found if e.significance >= mcfg.min_significance),
+                       key=rank)[: mcfg.max_matches]
+        weak = sorted(weak, key=lambda e: (-e.significance, e.track))[: mcfg.max_matches]
+        refs = self.meta.get_many([e.track for e in found + weak]) if found or weak else {}
+
+        def to_match(e) -> Match:
+            return evidence_to_match(e, refs.get(e.track) or self.reference(e.track),
+                                     lm.duration, self.config.frame_seconds)
+
+        pairs = [(e, to_match(e)) for e in found]
+        pairs += self._verified(lm.audio, weak, to_match, mcfg) if weak else []
+        pairs.sort(key=lambda p: rank(p[0]))
+        matches = [m for _, m in pairs[: mcfg.max_matches]]
         if mcfg.derivation and lm.audio is not None and lm.audio.shape[0]:
             matches += self._derivations(lm.audio, {m.reference.track_id for m in matches})
         return QueryResult(query=label, duration=lm.duration, matches=tuple(matches),
                            elapsed=time.perf_counter() - t0)
+
+    def _verified(self, y: np.ndarray, weak: list, to_match, mcfg: MatchConfig) -> list:
+        """``(evidence, match)`` of the weak candidates (landmark evidence under the
+        threshold) whose audio correlates with their catalogue file (:mod:`earmark.verify`);
+        each match carries its correlation as ``verified``."""
+        out = []
+        for e in weak:
+            m = to_match(e)
+            corr = verify.verify_segment(y, self.config.sr, m.query_start, m.query_end,
+                                         m.reference.path, m.reference_start, m.speed,
+                                         m.pitch_semitones, self.config)
+            if corr is not None and corr >= mcfg.verify_min_correlation:
+                out.append((e, dataclasses.replace(m, verified=round(corr, 4))))
+        return out
 
     def _derivations(self, y: np.ndarray, recording_tracks: set[int]) -> list[Match]:
         """Derivation-tier matches (``kind="derivation"``) of tracks not already matched
@@ -405,7 +433,7 @@ class Index:
             y = audio_io.resample(y, sr, self.config.sr)
         lm = fingerprint_audio(y, self.config, side="query", max_dt_frames=self._query_max_dt(mcfg))
         check_fingerprintable(label, lm.duration, lm.n_peaks)
-        if mcfg.derivation:
+        if mcfg.derivation or mcfg.verifies:
             lm = dataclasses.replace(lm, audio=y)
         res = self.match_landmarks(lm, mcfg, label)
         return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
@@ -432,7 +460,7 @@ class Index:
             duration = start + y.shape[0] / self.config.sr
             lm = fingerprint_audio(y, self.config, side="query",
                                    max_dt_frames=self._query_max_dt(mcfg))
-            if mcfg.derivation:
+            if mcfg.derivation or mcfg.verifies:
                 lm = dataclasses.replace(lm, audio=y)
             if first and last:      # the whole file in one window: a plain query
                 check_fingerprintable(label, lm.duration, lm.n_peaks)

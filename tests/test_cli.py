@@ -25,7 +25,7 @@ from conftest import SR, write_audio
 
 DOCUMENTED_MATCH_KEYS = {"kind", "reference", "score", "significance", "query_start", "query_end",
                          "reference_start", "reference_end", "coverage", "speed",
-                         "pitch_semitones"}
+                         "pitch_semitones", "verified"}
 
 
 @pytest.fixture(autouse=True)

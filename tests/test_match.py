@@ -393,3 +393,63 @@ def test_tied_duplicates_rank_by_significance_whatever_the_indexing_order(catalo
         assert top2[0].significance > top2[1].significance   # ... ranked by significance
         rankings.append([track_of(m) for m in top2])
     assert rankings[0] == rankings[1]
+
+
+# --------------------------------------------------------------------------- audio verification
+
+def test_verification_reports_a_weak_match_whose_audio_correlates(catalogue, index):
+    """A match just under the landmark threshold is reported when its audio correlates with
+    the catalogue file at the matched place (and carries that correlation), and is not
+    reported with verification off.  Matches that pass on their landmarks are not
+    verified."""
+    name = "track04.wav"
+    y, start = catalogue.excerpt(name, 9.0, 4.0)
+    plain = index.match_audio(y, SR)
+    assert plain.matches and plain.matches[0].verified is None
+    threshold = plain.matches[0].significance + 1.0      # just out of the landmarks' reach
+    mcfg = MATCH_PRESETS["default"].with_(min_significance=threshold, verify_min_significance=0.0)
+    res = index.match_audio(y, SR, mcfg)
+    assert res.matches, "no verified match"
+    m = res.matches[0]
+    assert track_of(m) == name and abs(alignment_offset(m) - start) <= 0.1
+    assert m.significance < threshold
+    assert m.verified is not None and m.verified >= mcfg.verify_min_correlation
+    assert m.to_dict()["verified"] == pytest.approx(m.verified, abs=1e-3)
+    assert not [x for x in index.match_audio(y, SR, mcfg.with_(verify_audio=False)).matches
+                if track_of(x) == name]
+
+
+def test_aligned_correlation_maps_pitch_and_speed(catalogue):
+    """A pitch-shifted, then a sped-up excerpt correlates with its recording only through
+    the right transform; another recording does not correlate."""
+    from earmark.fingerprint.config import DEFAULT
+    from earmark.fingerprint.audio import resample
+    from earmark.verify import MAX_LAG_SECONDS, aligned_correlation
+
+    sr = DEFAULT.sr
+    song = resample(catalogue.songs["track02.wav"], SR, sr)
+    start = 6.0
+    reference = song[int((start - MAX_LAG_SECONDS) * sr):]
+    clean = song[int(start * sr):int((start + 6.0) * sr)]
+    shifted = pedalboard.time_stretch(clean[None, :], sr, stretch_factor=1.0,
+                                      pitch_shift_in_semitones=2.0)[0].astype(np.float32)
+    assert aligned_correlation(shifted, reference, sr, 1.0, 2.0, DEFAULT) >= 0.8
+    assert aligned_correlation(shifted, reference, sr, 1.0, 0.0, DEFAULT) < 0.6
+    faster = soxr.resample(clean, sr * 1.1, sr).astype(np.float32)   # speed 1.1: +1.65 st
+    pitch = 12 * math.log2(1.1)
+    assert aligned_correlation(faster, reference, sr, 1.1, pitch, DEFAULT) >= 0.8
+    assert aligned_correlation(faster, reference, sr, 1.0, 0.0, DEFAULT) < 0.6
+    other = resample(catalogue.songs["track05.wav"], SR, sr)[int(5.5 * sr):]
+    assert aligned_correlation(clean, other, sr, 1.0, 0.0, DEFAULT) < 0.6
+
+
+def test_verification_without_the_catalogue_file_is_skipped(catalogue, tmp_path):
+    from earmark.fingerprint.config import DEFAULT
+    from earmark.verify import verify_segment
+
+    y = np.asarray(catalogue.songs["track01.wav"][: 5 * SR], np.float32)
+    assert verify_segment(y, DEFAULT.sr, 0.0, 4.0, tmp_path / "moved.wav", 1.0, 1.0, 0.0,
+                          DEFAULT) is None
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    assert verify_segment(y, DEFAULT.sr, 0.0, 4.0, tmp_path / "broken.wav", 1.0, 1.0, 0.0,
+                          DEFAULT) is None
