@@ -244,6 +244,10 @@ def _facts(m: dict[str, Any], group: dict[str, Any]) -> str:
         ("significance", f"{_num(m.get('significance'))} "
                          f"<span class=\"small\">(chance probability 10<sup>−"
                          f"{_num(m.get('significance'), '{:.0f}')}</sup>)</span>"),
+        *([("checked on the audio",
+            f"spectrogram correlation {_num(m.get('verified'), '{:.2f}')} with the catalogue "
+            f"file at the matched place <span class=\"small\">(the landmarks alone were under "
+            f"the threshold)</span>")] if m.get("verified") is not None else []),
         ("speed", f"{_num(m.get('speed'), '{:.3f}')}× "
                   f"<span class=\"small\">(reference seconds per query second)</span>"),
         ("pitch" if not derived else "key shift",

@@ -413,7 +413,8 @@ def record_to_query_result(record: dict[str, Any]):
             reference_end=num("reference_end"), coverage=num("coverage"),
             speed=num("speed", 1.0), pitch_semitones=num("pitch_semitones"),
             kind=m.get("kind", "recording"),
-            alignment=tuple((float(q), float(r)) for q, r in (m.get("alignment") or []))))
+            alignment=tuple((float(q), float(r)) for q, r in (m.get("alignment") or [])),
+            verified=None if m.get("verified") is None else num("verified")))
     return QueryResult(query=record["query"], duration=float(record.get("duration") or 0.0),
                        matches=tuple(matches), error=record.get("error"))
 
@@ -1065,7 +1066,8 @@ def _cell(v: Any) -> Any:
 SUMMARY_COLUMNS = ["query", "content_hash", "duration", "track_id", "recording", "title",
                    "artist", "isrc", "rights_holder", "reference_path", "segments",
                    "matched_seconds", "score", "significance", "query_start", "query_end",
-                   "reference_start", "reference_end", "coverage", "speed", "pitch_semitones"]
+                   "reference_start", "reference_end", "coverage", "speed", "pitch_semitones",
+                   "verified"]
 
 
 def write_summary_csv(path: Path, results: list[dict]) -> int:
@@ -1092,7 +1094,7 @@ def write_summary_csv(path: Path, results: list[dict]) -> int:
                    "reference_path": ref.get("path"), "segments": g["segments"],
                    "matched_seconds": round(g["seconds"], 3)}
             for k in ("score", "significance", "query_start", "query_end", "reference_start",
-                      "reference_end", "coverage", "speed", "pitch_semitones"):
+                      "reference_end", "coverage", "speed", "pitch_semitones", "verified"):
                 row[k] = best.get(k)
             w.writerow([_cell(row.get(h)) for h in header])
             n += 1

@@ -181,10 +181,11 @@ class MatchConfig:
         correlate up to 0.81 with one that is): 0.7 let 4 of 20 such 20-s songs through,
         0.8 none, and the gate of 10 (the refinement pre-filter's level, where chance
         alignments on the bench negatives peak at 10.3) keeps the one at significance 8
-        out.  On the ``fp bench`` query files (a script, before this was built in), 10 and
-        0.8 found ``pv_pitch_-3`` 39 -> 52 of 60 and ``pv_tempo_-15`` 55 -> 58, 1 more on
-        four other rows, with no false positive on 220 negatives; 40 candidates were
-        checked over 2 740 queries (~230 ms each, mostly decoding the catalogue file).
+        out.  ``fp bench`` (same machine, against the run before): ``pv_pitch_-3`` 63 -> 82 %,
+        ``pv_tempo_-15`` 92 -> 95 %, one query more on ``clean_2s``, ``speed_0.7``,
+        ``tempo_-20`` and ``tempokey_+6_-2``, no row lost one, no false positive on 220
+        negatives; p95 of all queries 26 -> 29 ms (a check decodes a few seconds of the
+        catalogue file, ~0.2 s; 40 candidates over the bench's 2 740 queries).
     inlier_seconds : float
         Final alignment tolerance: a landmark pair is evidence if it lies within this
         many seconds of the fitted query->reference line.

@@ -494,3 +494,27 @@ def test_mix_of_several_recordings_is_flagged_with_each_and_max_matches_caps_it(
 def test_load_records_newest_per_path(env, scanned):
     res, errs = load_records(scanned["out"])
     assert len(res) == 5 and len(errs) == 2
+
+
+def test_verified_matches_are_shown_in_the_csv_and_the_report(tmp_path):
+    """A match let through by audio verification carries its correlation into
+    ``summary.csv`` and the report's evidence; other matches show none."""
+    from earmark.report_html import _facts
+    from earmark.scan import group_by_recording, write_summary_csv
+
+    def match(track, verified, score):
+        return {"kind": "recording", "score": score, "significance": 14.2 if verified else 40.0,
+                "reference": {"track_id": track, "path": f"/cat/{track}.wav"},
+                "query_start": 1.0, "query_end": 9.0, "reference_start": 20.0,
+                "reference_end": 28.0, "coverage": 0.8, "speed": 1.0,
+                "pitch_semitones": -3.0 if verified else 0.0, "verified": verified}
+
+    record = {"query": "q.wav", "duration": 10.0, "error": None,
+              "matches": [match(1, 0.873, 30), match(2, None, 20)]}
+    assert write_summary_csv(tmp_path / "s.csv", [record]) == 2
+    rows = {r["track_id"]: r for r in csv.DictReader(open(tmp_path / "s.csv", encoding="utf-8"))}
+    assert rows["1"]["verified"] == "0.873" and rows["2"]["verified"] == ""
+    groups = group_by_recording(record)
+    shown = [_facts(g["best"], g) for g in groups]
+    assert "checked on the audio" in shown[0] and "0.87" in shown[0]
+    assert "checked on the audio" not in shown[1]
