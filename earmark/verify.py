@@ -25,9 +25,9 @@ or unreadable the candidate is simply not verified.
 >>> from earmark.synth import synth_song
 >>> y = synth_song(seed=5, seconds=8.0, sr=DEFAULT.sr)
 >>> start = 32 * DEFAULT.hop_length                   # the excerpt starts 32 frames in
->>> c = aligned_correlation(y[start:start + 4 * DEFAULT.sr], y, DEFAULT.sr, 1.0, 0.0, DEFAULT)
+>>> c = aligned_correlation(y[start:start + 4 * DEFAULT.sr], y, 1.0, 0.0, DEFAULT)
 >>> other = synth_song(seed=6, seconds=8.0, sr=DEFAULT.sr)
->>> bool(c > 0.95), bool(aligned_correlation(y[start:start + 4 * DEFAULT.sr], other, DEFAULT.sr, 1.0, 0.0, DEFAULT) < 0.7)
+>>> bool(c > 0.95), bool(aligned_correlation(y[start:start + 4 * DEFAULT.sr], other, 1.0, 0.0, DEFAULT) < 0.7)
 (True, True)
 """
 
@@ -53,7 +53,7 @@ def _spectrogram(y: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
                            cfg.fmin_hz, cfg.fmax_hz, cfg.bins_per_semitone)
 
 
-def aligned_correlation(query: np.ndarray, reference: np.ndarray, sr: int, speed: float,
+def aligned_correlation(query: np.ndarray, reference: np.ndarray, speed: float,
                         pitch_semitones: float, cfg: FingerprintConfig,
                         max_lag_seconds: float = MAX_LAG_SECONDS) -> float:
     """Best correlation of the query's spectrogram with the reference's, mapped through
@@ -62,7 +62,7 @@ def aligned_correlation(query: np.ndarray, reference: np.ndarray, sr: int, speed
     Parameters
     ----------
     query : np.ndarray
-        The query segment, mono at ``sr`` (= ``cfg.sr``).
+        The query segment, mono at ``cfg.sr``.
     reference : np.ndarray
         Reference audio starting ``max_lag_seconds`` before the aligned start, and at
         least ``speed`` times the query's length plus ``2 * max_lag_seconds`` long (less
@@ -78,8 +78,6 @@ def aligned_correlation(query: np.ndarray, reference: np.ndarray, sr: int, speed
         Pearson correlation in [-1, 1] of the two dB spectrograms, each frequency's mean
         removed; -1.0 when the reference is too short for any lag.
     """
-    if sr != cfg.sr:
-        raise ValueError(f"audio must be at the analysis rate {cfg.sr} Hz, got {sr}")
     q = _spectrogram(query, cfg)
     r = _spectrogram(reference, cfg)
     shift = int(round(pitch_semitones * cfg.bins_per_semitone))
@@ -90,7 +88,7 @@ def aligned_correlation(query: np.ndarray, reference: np.ndarray, sr: int, speed
     q = q - q.mean(axis=0)
     q_norm = float(np.sqrt(np.sum(q * q)))
     ref_frames = np.round(np.arange(q.shape[0]) * speed).astype(np.int64)
-    max_lag = int(round(2 * max_lag_seconds * sr / cfg.hop_length))
+    max_lag = int(round(2 * max_lag_seconds / cfg.frame_seconds))
     best = -1.0
     for lag in range(max_lag + 1):
         idx = ref_frames + lag
@@ -104,12 +102,13 @@ def aligned_correlation(query: np.ndarray, reference: np.ndarray, sr: int, speed
     return best
 
 
-def verify_segment(query: np.ndarray, sr: int, query_start: float, query_end: float,
+def verify_segment(query: np.ndarray, query_start: float, query_end: float,
                    reference_path: str | os.PathLike, reference_start: float, speed: float,
                    pitch_semitones: float, cfg: FingerprintConfig) -> float | None:
     """:func:`aligned_correlation` of a match's segments, the reference read from its
-    catalogue file (at most :data:`MAX_VERIFY_SECONDS` of the query).  ``None`` when the
-    file cannot be read (moved, deleted, damaged)."""
+    catalogue file (at most :data:`MAX_VERIFY_SECONDS` of the query, mono at ``cfg.sr``).
+    ``None`` when the file cannot be read (moved, deleted, damaged)."""
+    sr = cfg.sr
     seconds = min(query_end - query_start, MAX_VERIFY_SECONDS)
     first = int(round(query_start * sr))
     segment = query[first:first + int(round(seconds * sr))]
@@ -129,4 +128,4 @@ def verify_segment(query: np.ndarray, sr: int, query_start: float, query_end: fl
     pad = int(round((lo - (reference_start - MAX_LAG_SECONDS)) * sr))
     if pad > 0:
         reference = np.concatenate([np.zeros(pad, np.float32), reference])
-    return aligned_correlation(segment, reference, sr, speed, pitch_semitones, cfg)
+    return aligned_correlation(segment, reference, speed, pitch_semitones, cfg)

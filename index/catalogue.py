@@ -399,7 +399,7 @@ class Index:
         out = []
         for e in weak:
             m = to_match(e)
-            corr = verify.verify_segment(y, self.config.sr, m.query_start, m.query_end,
+            corr = verify.verify_segment(y, m.query_start, m.query_end,
                                          m.reference.path, m.reference_start, m.speed,
                                          m.pitch_semitones, self.config)
             if corr is not None and corr >= mcfg.verify_min_correlation:
