@@ -176,7 +176,7 @@ def _print_table(result: QueryResult) -> None:
                       f"{_fmt_time(m.reference_start)}–{_fmt_time(m.reference_end)}",
                       f"{m.speed:.3f}x", f"{m.pitch_semitones:+.2f} st", str(m.score),
                       f"{m.significance:.1f}" + ("" if m.verified is None
-                                                 else f" (audio {m.verified:.2f})"))
+                                                 else f" (audio: {m.verified.summary()})"))
     console.print(table)
 
 

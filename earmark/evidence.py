@@ -60,6 +60,57 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class AudioCheck:
+    """How a match's audio compares with its catalogue file at the matched place
+    (:mod:`earmark.verify`).
+
+    Attributes
+    ----------
+    correlation : float
+        Correlation of the aligned log-frequency spectrograms (each frequency's mean
+        removed), in [-1, 1].
+    peaks : float or None
+        Fraction of the recording's spectral peaks that the query has at the alignment
+        (within 16 ms and 1/3 semitone).
+    peaks_z : float or None
+        How far ``peaks`` stands above the same fraction at other alignments of the two
+        signals (0.3-2 s away), in standard deviations of those.
+    """
+
+    correlation: float
+    peaks: float | None = None
+    peaks_z: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"correlation": round(float(self.correlation), 3),
+                "peaks": None if self.peaks is None else round(float(self.peaks), 3),
+                "peaks_z": None if self.peaks_z is None else round(float(self.peaks_z), 2)}
+
+    def summary(self) -> str:
+        """One short line: ``"peaks 58 % (z 20.6), corr. 0.51"``."""
+        peaks = "" if self.peaks is None or self.peaks_z is None else \
+            f"peaks {100 * self.peaks:.0f} % (z {self.peaks_z:.1f}), "
+        return f"{peaks}corr. {self.correlation:.2f}"
+
+    @classmethod
+    def from_json(cls, value: Any) -> "AudioCheck | None":
+        """Read back what :meth:`to_dict` wrote (or an older release's bare correlation);
+        ``None`` for anything else: results files are untrusted input."""
+        def number(v: Any) -> float | None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return None
+            return float(v)
+
+        if isinstance(value, dict):
+            corr = number(value.get("correlation"))
+            if corr is None:
+                return None
+            return cls(corr, number(value.get("peaks")), number(value.get("peaks_z")))
+        corr = number(value)
+        return None if corr is None else cls(corr)
+
+
+@dataclass(frozen=True)
 class Match:
     """Evidence that a query uses one catalogue recording over one segment.
 
@@ -92,10 +143,10 @@ class Match:
         ``"recording"`` for landmark matches.
     alignment : list of (float, float)
         Query and reference times (seconds) of the aligned landmarks, for plots.
-    verified : float or None
+    verified : AudioCheck or None
         Set when the landmark evidence alone was under the significance threshold and the
-        match was checked on the audio (:mod:`earmark.verify`): the correlation of the
-        aligned spectrograms of query and catalogue file.  ``None`` otherwise.
+        match was let through by a check on the audio (:mod:`earmark.verify`): how the
+        aligned spectrograms of query and catalogue file compare.  ``None`` otherwise.
     """
 
     reference: Reference
@@ -110,7 +161,7 @@ class Match:
     pitch_semitones: float = 0.0
     kind: str = "recording"
     alignment: tuple[tuple[float, float], ...] = ()
-    verified: float | None = None
+    verified: AudioCheck | None = None
 
     def to_dict(self, with_alignment: bool = False) -> dict[str, Any]:
         """JSON-ready dict (floats rounded for readability)."""
@@ -125,7 +176,7 @@ class Match:
                   "reference_end", "coverage", "speed", "pitch_semitones"):
             v = float(d[k])
             out[k] = round(v, 4) if math.isfinite(v) else None
-        out["verified"] = None if self.verified is None else round(float(self.verified), 3)
+        out["verified"] = None if self.verified is None else self.verified.to_dict()
         if with_alignment:
             out["alignment"] = [[round(q, 3), round(r, 3)] for q, r in self.alignment]
         return out

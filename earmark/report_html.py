@@ -19,6 +19,8 @@ import os
 import time
 from typing import Any
 
+from earmark.evidence import AudioCheck
+
 __all__ = ["render_report", "alignment_svg", "esc"]
 
 #: Most manifest columns shown in the flagged-files table (all are in the evidence section).
@@ -225,8 +227,20 @@ def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1] or path
 
 
+def _audio_check(check: AudioCheck) -> str:
+    """The evidence row of a match let through by :mod:`earmark.verify`."""
+    peaks = "" if check.peaks is None or check.peaks_z is None else (
+        f"{_pct(check.peaks)} of the recording's spectral peaks are in the query at the "
+        f"matched place ({_num(check.peaks_z)} standard deviations above other alignments "
+        f"within 2 s); ")
+    return (f"{peaks}spectrogram correlation {_num(check.correlation, '{:.2f}')} with the "
+            f"catalogue file <span class=\"small\">(the landmarks alone were under the "
+            f"threshold)</span>")
+
+
 def _facts(m: dict[str, Any], group: dict[str, Any]) -> str:
     ref = m.get("reference") or {}
+    check = AudioCheck.from_json(m.get("verified"))
     derived = m.get("kind") == "derivation"
     rows = [
         ("finding", "<b>derived from</b> this composition (re-performed or regenerated; "
@@ -244,10 +258,7 @@ def _facts(m: dict[str, Any], group: dict[str, Any]) -> str:
         ("significance", f"{_num(m.get('significance'))} "
                          f"<span class=\"small\">(chance probability 10<sup>−"
                          f"{_num(m.get('significance'), '{:.0f}')}</sup>)</span>"),
-        *([("checked on the audio",
-            f"spectrogram correlation {_num(m.get('verified'), '{:.2f}')} with the catalogue "
-            f"file at the matched place <span class=\"small\">(the landmarks alone were under "
-            f"the threshold)</span>")] if m.get("verified") is not None else []),
+        *([("checked on the audio", _audio_check(check))] if check is not None else []),
         ("speed", f"{_num(m.get('speed'), '{:.3f}')}× "
                   f"<span class=\"small\">(reference seconds per query second)</span>"),
         ("pitch" if not derived else "key shift",

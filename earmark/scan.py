@@ -86,6 +86,7 @@ from typing import Any, TextIO
 
 import click
 
+from earmark.evidence import AudioCheck
 from earmark.errors import EarmarkError, MetadataError
 from earmark.index.store import fsync_dir
 from earmark.threads import single_threaded_blas
@@ -414,7 +415,7 @@ def record_to_query_result(record: dict[str, Any]):
             speed=num("speed", 1.0), pitch_semitones=num("pitch_semitones"),
             kind=m.get("kind", "recording"),
             alignment=tuple((float(q), float(r)) for q, r in (m.get("alignment") or [])),
-            verified=None if m.get("verified") is None else num("verified")))
+            verified=AudioCheck.from_json(m.get("verified"))))
     return QueryResult(query=record["query"], duration=float(record.get("duration") or 0.0),
                        matches=tuple(matches), error=record.get("error"))
 
@@ -1067,7 +1068,7 @@ SUMMARY_COLUMNS = ["query", "content_hash", "duration", "track_id", "recording",
                    "artist", "isrc", "rights_holder", "reference_path", "segments",
                    "matched_seconds", "score", "significance", "query_start", "query_end",
                    "reference_start", "reference_end", "coverage", "speed", "pitch_semitones",
-                   "verified"]
+                   "verified_peaks", "verified_peaks_z", "verified_correlation"]
 
 
 def write_summary_csv(path: Path, results: list[dict]) -> int:
@@ -1094,8 +1095,12 @@ def write_summary_csv(path: Path, results: list[dict]) -> int:
                    "reference_path": ref.get("path"), "segments": g["segments"],
                    "matched_seconds": round(g["seconds"], 3)}
             for k in ("score", "significance", "query_start", "query_end", "reference_start",
-                      "reference_end", "coverage", "speed", "pitch_semitones", "verified"):
+                      "reference_end", "coverage", "speed", "pitch_semitones"):
                 row[k] = best.get(k)
+            check = AudioCheck.from_json(best.get("verified"))
+            if check is not None:
+                row.update(verified_peaks=check.peaks, verified_peaks_z=check.peaks_z,
+                           verified_correlation=check.correlation)
             w.writerow([_cell(row.get(h)) for h in header])
             n += 1
     _atomic_write(path, buf.getvalue().encode("utf-8"))

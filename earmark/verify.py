@@ -1,24 +1,60 @@
 """Audio verification: a weak candidate checked against the catalogue file itself.
 
 The landmark evidence of a match (:mod:`earmark.match`) counts exact coincidences of peak
-pairs.  Some transforms keep a recording plain to hear but move its peaks: a phase
-vocoder (librosa's ``pitch_shift`` / ``time_stretch``, 2048-point STFT) smears onsets, so
-peaks move by 1-2 frames at random and a third of the landmarks survive.  The matcher
-still finds the right recording, place and transform, at a significance under the
-threshold.  This stage takes such candidates and compares the audio they claim to align:
-the query segment and the reference segment of the catalogue file, as log-frequency
-spectrograms (the engine's own front end), the reference mapped through the candidate's
-speed (frame positions) and pitch (a shift along the log-frequency axis), each frequency's
-mean removed so that EQ and level do not count, over lags of +-``max_lag_seconds``.
+pairs.  Some queries keep a recording plain to hear but leave few of its landmarks:
 
-The correlation is independent evidence: it does not come from the landmarks.  Measured on
-the dev corpus (``fp bench`` query files): the true alignments that the vocoder pushed
-under the threshold correlate 0.80-0.92; 198 chance alignments (every candidate on the
-220 negatives and the wrong-recording candidates of five hard rows, thresholds off)
-correlate 0.17 in the median, 0.48 at the 99th percentile and 0.60 at most.  A candidate
-is accepted at :attr:`~earmark.fingerprint.config.MatchConfig.verify_min_correlation`
-(0.8).  Candidates need the catalogue file where the index found it; when it is missing
-or unreadable the candidate is simply not verified.
+* a phase vocoder (librosa's ``pitch_shift`` / ``time_stretch``, 2048-point STFT) smears
+  onsets, so peaks move by 1-2 frames at random and a third of the landmarks survive;
+* another song or noise mixed over at 0 dB is louder in half of the recording's peak
+  bins, and a landmark needs both of its peaks: a fifth of the landmarks survive.
+
+The matcher still finds the right recording, place and transform, at a significance under
+the threshold.  This stage takes such candidates and compares the audio they claim to
+align: the query segment and the reference segment of the catalogue file, as
+log-frequency spectrograms (the engine's own front end), the reference mapped through the
+candidate's speed (frame positions) and pitch (a shift along the log-frequency axis).  Two
+statistics, neither of which comes from the landmarks:
+
+``correlation``
+    Pearson correlation of the two dB spectrograms, each frequency's mean removed (EQ
+    and level do not count), best over lags of +-``CORRELATION_MAX_LAG_SECONDS``.  It
+    sees a vocoded recording (0.80-0.92 at the true alignments the vocoder pushed under
+    the threshold) but not one under a 0 dB mix, where the other music is half the
+    picture (0.3-0.6, within the range of chance alignments).
+``peaks`` and ``peaks_z``
+    The fraction of the recording's spectral peaks (local maxima of its spectrogram,
+    ``PEAK_MIN_DB_ABOVE_MEDIAN`` over the frame's median) that have a query peak within
+    +-``PEAK_TOLERANCE_FRAMES`` frames and +-``PEAK_TOLERANCE_BINS`` bins, best within
+    +-``ALIGNMENT_SLACK_SECONDS`` of the claimed alignment, and how far it stands above the
+    same fraction at the other alignments of the same two signals
+    (``NULL_MIN_LAG_SECONDS`` to ``NULL_MAX_LAG_SECONDS`` away), in standard deviations
+    of those.  Added music adds peaks but removes few of the recording's, and the null
+    is made of the same two pieces of music, so their density, key and rhythm are
+    discounted: a shifted beat grid is one of the alternatives.
+
+A candidate is accepted when either statistic passes its cut
+(:attr:`~earmark.fingerprint.config.MatchConfig.verify_min_correlation`, 0.8;
+:attr:`~earmark.fingerprint.config.MatchConfig.verify_min_peaks_z`, 10).  Measured on the
+dev corpus (``fp bench`` query files, thresholds off):
+
+=============================================================  ====  ===========  ===========
+alignments                                                        n  correlation  ``peaks_z``
+                                                                     (max)        (max)
+=============================================================  ====  ===========  ===========
+chance: every candidate on the 220 negatives (score >= 6)       228  0.57         4.0
+wrong recordings in hard rows (mixes, noise, vocoder, 2-3 s)     15  0.60         5.4 [1]_
+chance between tracks of one game (34 against 47 others)         20  0.78         3.9
+shared stems between tracks of one game                           7  0.50         7.0
+songs of the tests' synthetic generator, not in the catalogue   154  0.90         8.6
+true alignments under the threshold: mixes and noise at 0 dB     13  0.32-0.60    7.0-27.2
+true alignments under the threshold: phase vocoder               21  0.80-0.92    7.7-21.4
+=============================================================  ====  ===========  ===========
+
+.. [1] Leaving out one that is a real reuse: two catalogue recordings that share audio
+   (``peaks_z`` 10.2, already significant on its landmarks).
+
+Candidates need the catalogue file where the index found it; when it is missing or
+unreadable the candidate is simply not verified.
 
 >>> import numpy as np
 >>> from earmark.fingerprint.config import DEFAULT
@@ -38,14 +74,35 @@ import os
 import numpy as np
 
 from earmark.errors import EarmarkError
+from earmark.evidence import AudioCheck
 from earmark.fingerprint import audio as audio_io
-from earmark.fingerprint.config import FingerprintConfig
+from earmark.fingerprint.config import FingerprintConfig, MatchConfig
 from earmark.fingerprint.spectrogram import log_spectrogram
 
-#: Longest query segment compared (seconds): enough for a stable correlation, bounded cost.
+#: Longest query segment compared (seconds): enough for stable statistics, bounded cost.
 MAX_VERIFY_SECONDS = 10.0
-#: Search of the alignment line's offset on either side (seconds).
-MAX_LAG_SECONDS = 0.5
+#: Correlation: search of the alignment line's offset on either side (seconds).
+CORRELATION_MAX_LAG_SECONDS = 0.5
+#: Kept for callers of :func:`aligned_correlation` (its reference starts this early).
+MAX_LAG_SECONDS = CORRELATION_MAX_LAG_SECONDS
+#: Peaks: the claimed alignment is searched within this many seconds (the landmark line
+#: is good to a frame or two; 0.1 s = 6 frames of 16 ms).
+ALIGNMENT_SLACK_SECONDS = 0.1
+#: Peaks: the null alignments lie this far from the claimed one.  0.32 s (20 frames)
+#: clears the slack and the 128-ms analysis window; 2 s spans a bar or more of music, so
+#: beat-shifted alignments are among the alternatives.
+NULL_MIN_LAG_SECONDS = 0.32
+NULL_MAX_LAG_SECONDS = 2.0
+#: Peaks: a spectral peak is a local maximum over +-1 frame and +-1 bin that stands this
+#: many dB over its frame's median (quieter maxima are the noise floor's texture).
+PEAK_MIN_DB_ABOVE_MEDIAN = 10.0
+#: Peaks: a recording's peak is found in the query when a query peak lies within this many
+#: frames (16 ms each) and bins (1/3 semitone each): the front end's own precision.
+PEAK_TOLERANCE_FRAMES = 1
+PEAK_TOLERANCE_BINS = 1
+#: Peaks: fewest null alignments for a spread (a match at the very start or end of its
+#: file has them on one side only).
+MIN_NULL_ALIGNMENTS = 40
 
 
 def _spectrogram(y: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
@@ -53,9 +110,69 @@ def _spectrogram(y: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
                            cfg.fmin_hz, cfg.fmax_hz, cfg.bins_per_semitone)
 
 
+def _neighbourhood_max(x: np.ndarray, frames: int, bins: int) -> np.ndarray:
+    """Maximum of ``x`` over +-``frames`` x +-``bins`` (edges padded with the minimum)."""
+    fill = x.min() if x.dtype != np.bool_ else False
+    padded = np.pad(x, ((frames, frames), (bins, bins)), constant_values=fill)
+    out = x.copy()
+    n_frames, n_bins = x.shape
+    for i in range(2 * frames + 1):
+        for j in range(2 * bins + 1):
+            np.maximum(out, padded[i:i + n_frames, j:j + n_bins], out=out)
+    return out
+
+
+def spectral_peaks(spec_db: np.ndarray,
+                   min_db_above_median: float = PEAK_MIN_DB_ABOVE_MEDIAN) -> np.ndarray:
+    """Boolean mask of the local maxima (over +-1 frame and +-1 bin) of a dB spectrogram
+    ``(n_frames, n_bins)`` that stand ``min_db_above_median`` dB over their frame's median.
+
+    >>> s = np.zeros((5, 6), np.float32); s[2, 3] = 30.0; s[0, 0] = 5.0
+    >>> np.argwhere(spectral_peaks(s)).tolist()
+    [[2, 3]]
+    """
+    floor = np.median(spec_db, axis=1, keepdims=True) + min_db_above_median
+    return (spec_db >= _neighbourhood_max(spec_db, 1, 1)) & (spec_db > floor)
+
+
+def _transposed(query_spec: np.ndarray, reference_spec: np.ndarray, pitch_semitones: float,
+                cfg: FingerprintConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The bins both spectrograms cover once the reference is moved by the pitch shift:
+    query bin ``k`` holds the reference's bin ``k - shift``."""
+    shift = int(round(pitch_semitones * cfg.bins_per_semitone))
+    n_bins = query_spec.shape[1]
+    return (query_spec[:, max(0, shift):n_bins + min(0, shift)],
+            reference_spec[:, max(0, -shift):n_bins - max(0, shift)])
+
+
+def _lag_frames(n_query_frames: int, n_reference_frames: int, speed: float,
+                lags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference frame of each query frame for each lag that fits: ``(lags, frames)``
+    with ``frames[l, i] = lags[l] + round(i * speed)``."""
+    ref_frames = np.round(np.arange(n_query_frames) * speed).astype(np.int64)
+    fits = lags + ref_frames[-1] < n_reference_frames
+    lags = lags[fits]
+    return lags, lags[:, None] + ref_frames[None, :]
+
+
+def _correlations(q: np.ndarray, r: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Correlation of ``q`` with ``r[frames[l]]`` for each row ``l`` of ``frames``,
+    each frequency's mean removed."""
+    q = q - q.mean(axis=0)
+    q_norm = float(np.sqrt(np.sum(q * q)))
+    out = np.full(frames.shape[0], -1.0)
+    for n, idx in enumerate(frames):
+        w = r[idx]
+        w = w - w.mean(axis=0)
+        w_norm = float(np.sqrt(np.sum(w * w)))
+        if q_norm > 0 and w_norm > 0:
+            out[n] = float(np.sum(q * w)) / (q_norm * w_norm)
+    return out
+
+
 def aligned_correlation(query: np.ndarray, reference: np.ndarray, speed: float,
                         pitch_semitones: float, cfg: FingerprintConfig,
-                        max_lag_seconds: float = MAX_LAG_SECONDS) -> float:
+                        max_lag_seconds: float = CORRELATION_MAX_LAG_SECONDS) -> float:
     """Best correlation of the query's spectrogram with the reference's, mapped through
     ``speed`` and ``pitch_semitones``, over reference offsets ``0 .. 2 * max_lag_seconds``.
 
@@ -78,54 +195,110 @@ def aligned_correlation(query: np.ndarray, reference: np.ndarray, speed: float,
         Pearson correlation in [-1, 1] of the two dB spectrograms, each frequency's mean
         removed; -1.0 when the reference is too short for any lag.
     """
-    q = _spectrogram(query, cfg)
-    r = _spectrogram(reference, cfg)
-    shift = int(round(pitch_semitones * cfg.bins_per_semitone))
-    n_bins = q.shape[1]
-    # Query bin k holds the reference's bin k - shift: compare the bins both cover.
-    q = q[:, max(0, shift):n_bins + min(0, shift)]
-    r = r[:, max(0, -shift):n_bins - max(0, shift)]
-    q = q - q.mean(axis=0)
-    q_norm = float(np.sqrt(np.sum(q * q)))
-    ref_frames = np.round(np.arange(q.shape[0]) * speed).astype(np.int64)
+    q, r = _transposed(_spectrogram(query, cfg), _spectrogram(reference, cfg),
+                       pitch_semitones, cfg)
     max_lag = int(round(2 * max_lag_seconds / cfg.frame_seconds))
-    best = -1.0
-    for lag in range(max_lag + 1):
-        idx = ref_frames + lag
-        if idx[-1] >= r.shape[0]:
-            break
-        w = r[idx]
-        w = w - w.mean(axis=0)
-        w_norm = float(np.sqrt(np.sum(w * w)))
-        if q_norm > 0 and w_norm > 0:
-            best = max(best, float(np.sum(q * w)) / (q_norm * w_norm))
-    return best
+    _, frames = _lag_frames(q.shape[0], r.shape[0], speed, np.arange(max_lag + 1))
+    return float(_correlations(q, r, frames).max(initial=-1.0))
+
+
+def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
+                    pitch_semitones: float, cfg: FingerprintConfig) -> AudioCheck | None:
+    """Compare a query segment with the reference audio a match aligns it with.
+
+    Parameters
+    ----------
+    query : np.ndarray
+        The query segment, mono at ``cfg.sr``.
+    reference : np.ndarray
+        Reference audio starting :data:`NULL_MAX_LAG_SECONDS` before the aligned start
+        and ``speed`` times the query's length plus ``2 * NULL_MAX_LAG_SECONDS`` long.
+    speed, pitch_semitones : float
+        The match's transform (reference seconds per query second; query pitch minus
+        reference pitch).
+
+    Returns
+    -------
+    AudioCheck or None
+        ``correlation``, ``peaks`` and ``peaks_z`` (module docstring); ``None`` when the
+        reference is too short for the null alignments or holds no spectral peak.
+
+    Examples
+    --------
+    >>> from earmark.fingerprint.config import DEFAULT as cfg
+    >>> from earmark.synth import synth_song
+    >>> song = synth_song(seed=5, seconds=20.0, sr=cfg.sr)
+    >>> excerpt = song[6 * cfg.sr:12 * cfg.sr]                      # 6 s from second 6
+    >>> noise = np.random.default_rng(0).normal(0, excerpt.std(), excerpt.shape)
+    >>> mixed = (excerpt + noise).astype(np.float32)                 # white noise at 0 dB
+    >>> check = check_alignment(mixed, song[4 * cfg.sr:], 1.0, 0.0, cfg)
+    >>> bool(check.peaks_z > 10), bool(check.correlation < 0.8)
+    (True, True)
+    """
+    q, r = _transposed(_spectrogram(query, cfg), _spectrogram(reference, cfg),
+                       pitch_semitones, cfg)
+    centre = int(round(NULL_MAX_LAG_SECONDS / cfg.frame_seconds))
+    lags, frames = _lag_frames(q.shape[0], r.shape[0], speed, np.arange(2 * centre + 1))
+    null_gap = int(round(NULL_MIN_LAG_SECONDS / cfg.frame_seconds))
+    near = np.abs(lags - centre) <= int(round(ALIGNMENT_SLACK_SECONDS / cfg.frame_seconds))
+    null = np.abs(lags - centre) >= null_gap
+    if not near.any() or null.sum() < MIN_NULL_ALIGNMENTS:
+        return None
+    corr_lag = int(round(CORRELATION_MAX_LAG_SECONDS / cfg.frame_seconds))
+    in_reach = np.abs(lags - centre) <= corr_lag
+    correlation = float(_correlations(q, r, frames[in_reach]).max(initial=-1.0))
+
+    query_near_peak = _neighbourhood_max(spectral_peaks(q), PEAK_TOLERANCE_FRAMES,
+                                         PEAK_TOLERANCE_BINS)
+    reference_peaks = spectral_peaks(r)
+    fraction = np.zeros(lags.shape[0])
+    n_peaks = np.zeros(lags.shape[0], np.int64)
+    for n, idx in enumerate(frames):
+        at_lag = reference_peaks[idx]
+        n_peaks[n] = np.count_nonzero(at_lag)
+        if n_peaks[n]:
+            fraction[n] = np.count_nonzero(at_lag & query_near_peak) / n_peaks[n]
+    if not n_peaks[near].any():
+        return None
+    peaks = float(fraction[near].max())
+    spread = float(fraction[null].std())
+    peaks_z = (peaks - float(fraction[null].mean())) / max(spread, 1e-3)
+    return AudioCheck(correlation=round(correlation, 4), peaks=round(peaks, 4),
+                      peaks_z=round(peaks_z, 2))
 
 
 def verify_segment(query: np.ndarray, query_start: float, query_end: float,
                    reference_path: str | os.PathLike, reference_start: float, speed: float,
-                   pitch_semitones: float, cfg: FingerprintConfig) -> float | None:
-    """:func:`aligned_correlation` of a match's segments, the reference read from its
+                   pitch_semitones: float, cfg: FingerprintConfig) -> AudioCheck | None:
+    """:func:`check_alignment` of a match's segments, the reference read from its
     catalogue file (at most :data:`MAX_VERIFY_SECONDS` of the query, mono at ``cfg.sr``).
-    ``None`` when the file cannot be read (moved, deleted, damaged)."""
+    ``None`` when the file cannot be read (moved, deleted, damaged) or is too short."""
     sr = cfg.sr
     seconds = min(query_end - query_start, MAX_VERIFY_SECONDS)
     first = int(round(query_start * sr))
     segment = query[first:first + int(round(seconds * sr))]
     if segment.shape[0] < cfg.n_fft:
         return None
-    lo = max(0.0, reference_start - MAX_LAG_SECONDS)
+    lo = max(0.0, reference_start - NULL_MAX_LAG_SECONDS)
     try:
         reference = audio_io.load_audio(reference_path, sr,
-                                        max_seconds=seconds * speed + 2 * MAX_LAG_SECONDS + 0.5,
+                                        max_seconds=seconds * speed + 2 * NULL_MAX_LAG_SECONDS + 0.5,
                                         offset_seconds=lo)
     except (EarmarkError, OSError):
         return None
     if reference.shape[0] < cfg.n_fft:
         return None
     # A reference that starts before its file (lo clipped at 0) is padded so that lag 0
-    # still means "MAX_LAG_SECONDS early".
-    pad = int(round((lo - (reference_start - MAX_LAG_SECONDS)) * sr))
+    # still means "NULL_MAX_LAG_SECONDS early".
+    pad = int(round((lo - (reference_start - NULL_MAX_LAG_SECONDS)) * sr))
     if pad > 0:
         reference = np.concatenate([np.zeros(pad, np.float32), reference])
-    return aligned_correlation(segment, reference, speed, pitch_semitones, cfg)
+    return check_alignment(segment, reference, speed, pitch_semitones, cfg)
+
+
+def passes(check: AudioCheck | None, mcfg: MatchConfig) -> bool:
+    """Whether an audio check lets a weak candidate through (either statistic's cut)."""
+    if check is None:
+        return False
+    return (check.correlation >= mcfg.verify_min_correlation
+            or (check.peaks_z is not None and check.peaks_z >= mcfg.verify_min_peaks_z))

@@ -186,6 +186,14 @@ class MatchConfig:
         ``tempo_-20`` and ``tempokey_+6_-2``, no row lost one, no false positive on 220
         negatives; p95 of all queries 26 -> 29 ms (a check decodes a few seconds of the
         catalogue file, ~0.2 s; 40 candidates over the bench's 2 740 queries).
+    verify_min_peaks_z : float
+        The other way a checked candidate passes: the recording's spectral peaks are in
+        the query at the alignment this many standard deviations more often than at
+        other alignments of the same two signals (:mod:`earmark.verify`).  It sees a
+        recording under a 0 dB mix, where the correlation does not: true alignments
+        under the threshold on the bench's mix, noise and excerpt rows reach 7-27;
+        chance alignments on the negatives 4.0 at most, stems shared by tracks of one game
+        7.0, and the synthetic generator's near-copies 8.6.
     inlier_seconds : float
         Final alignment tolerance: a landmark pair is evidence if it lies within this
         many seconds of the fitted query->reference line.
@@ -281,6 +289,7 @@ class MatchConfig:
     verify_audio: bool = True
     verify_min_significance: float = 10.0
     verify_min_correlation: float = 0.8
+    verify_min_peaks_z: float = 10.0
     max_matches: int = 10
     inlier_seconds: float = 0.048
     max_gap_seconds: float = 2.5

@@ -394,16 +394,16 @@ class Index:
 
     def _verified(self, y: np.ndarray, weak: list, to_match, mcfg: MatchConfig) -> list:
         """``(evidence, match)`` of the weak candidates (landmark evidence under the
-        threshold) whose audio correlates with their catalogue file (:mod:`earmark.verify`);
-        each match carries its correlation as ``verified``."""
+        threshold) whose audio passes the check against their catalogue file
+        (:mod:`earmark.verify`); each match carries the check as ``verified``."""
         out = []
         for e in weak:
             m = to_match(e)
-            corr = verify.verify_segment(y, m.query_start, m.query_end,
-                                         m.reference.path, m.reference_start, m.speed,
-                                         m.pitch_semitones, self.config)
-            if corr is not None and corr >= mcfg.verify_min_correlation:
-                out.append((e, dataclasses.replace(m, verified=round(corr, 4))))
+            check = verify.verify_segment(y, m.query_start, m.query_end,
+                                          m.reference.path, m.reference_start, m.speed,
+                                          m.pitch_semitones, self.config)
+            if verify.passes(check, mcfg):
+                out.append((e, dataclasses.replace(m, verified=check)))
         return out
 
     def _derivations(self, y: np.ndarray, recording_tracks: set[int]) -> list[Match]:

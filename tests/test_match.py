@@ -413,10 +413,65 @@ def test_verification_reports_a_weak_match_whose_audio_correlates(catalogue, ind
     m = res.matches[0]
     assert track_of(m) == name and abs(alignment_offset(m) - start) <= 0.1
     assert m.significance < threshold
-    assert m.verified is not None and m.verified >= mcfg.verify_min_correlation
-    assert m.to_dict()["verified"] == pytest.approx(m.verified, abs=1e-3)
+    assert m.verified is not None and m.verified.correlation >= mcfg.verify_min_correlation
+    assert m.verified.peaks_z >= mcfg.verify_min_peaks_z and m.verified.peaks > 0.8
+    assert m.to_dict()["verified"] == pytest.approx(
+        {"correlation": m.verified.correlation, "peaks": m.verified.peaks,
+         "peaks_z": m.verified.peaks_z}, abs=1e-2)
     assert not [x for x in index.match_audio(y, SR, mcfg.with_(verify_audio=False)).matches
                 if track_of(x) == name]
+
+
+def test_verification_finds_a_recording_under_a_loud_mix(catalogue, index):
+    """Under white noise at 0 dB a weak candidate's spectrogram no longer correlates, but
+    the recording's spectral peaks are still in the query at the alignment: the match is
+    let through on the peaks alone, and not when that route is closed."""
+    name = "track03.wav"
+    clean, start = catalogue.excerpt(name, 12.0, 8.0)
+    noise = np.random.default_rng(11).normal(0.0, float(np.std(clean)), clean.shape)
+    y = (clean + noise).astype(np.float32)
+    loose = MATCH_PRESETS["default"].with_(min_significance=0.0, min_contrast=0.0,
+                                           verify_audio=False)
+    candidate = [m for m in index.match_audio(y, SR, loose).matches if track_of(m) == name][0]
+    threshold = candidate.significance + 1.0
+    peaks_only = MATCH_PRESETS["default"].with_(min_significance=threshold,
+                                                verify_min_significance=0.0,
+                                                verify_min_correlation=1.01)
+    res = index.match_audio(y, SR, peaks_only)
+    m = [x for x in res.matches if track_of(x) == name][0]
+    assert abs(alignment_offset(m) - start) <= 0.1 and m.significance < threshold
+    assert m.verified.peaks_z >= peaks_only.verify_min_peaks_z
+    assert m.verified.correlation < 0.8
+    closed = peaks_only.with_(verify_min_peaks_z=math.inf)
+    assert not [x for x in index.match_audio(y, SR, closed).matches if track_of(x) == name]
+
+
+def test_peak_check_needs_the_right_alignment_and_recording(catalogue):
+    """The peak statistic of an excerpt under noise stands out at its own alignment only:
+    not a second off, not against another recording, not through the wrong pitch."""
+    from earmark.fingerprint.config import DEFAULT
+    from earmark.fingerprint.audio import resample
+    from earmark.verify import NULL_MAX_LAG_SECONDS, check_alignment
+
+    sr = DEFAULT.sr
+    song = resample(catalogue.songs["track02.wav"], SR, sr)
+    other = resample(catalogue.songs["track06.wav"], SR, sr)
+    start = 8.0
+    excerpt = song[int(start * sr):int((start + 8.0) * sr)]
+    noise = np.random.default_rng(3).normal(0.0, float(np.std(excerpt)), excerpt.shape)
+    mixed = (excerpt + noise * 10 ** (-3 / 20)).astype(np.float32)          # SNR 3 dB
+
+    def check(reference, at, pitch=0.0, query=mixed):
+        return check_alignment(query, reference[int((at - NULL_MAX_LAG_SECONDS) * sr):],
+                               1.0, pitch, DEFAULT)
+
+    assert check(song, start).peaks_z >= 10
+    assert check(song, start + 1.0).peaks_z < 5
+    assert check(other, start).peaks_z < 5
+    shifted = pedalboard.time_stretch(mixed[None, :], sr, stretch_factor=1.0,
+                                      pitch_shift_in_semitones=2.0)[0].astype(np.float32)
+    assert check(song, start, 2.0, shifted).peaks_z >= 10
+    assert check(song, start, 0.0, shifted).peaks_z < 5
 
 
 def test_aligned_correlation_maps_pitch_and_speed(catalogue):

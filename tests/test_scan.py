@@ -497,8 +497,8 @@ def test_load_records_newest_per_path(env, scanned):
 
 
 def test_verified_matches_are_shown_in_the_csv_and_the_report(tmp_path):
-    """A match let through by audio verification carries its correlation into
-    ``summary.csv`` and the report's evidence; other matches show none."""
+    """A match let through by audio verification carries its check (peaks, their z-score,
+    correlation) into ``summary.csv`` and the report's evidence; other matches show none."""
     from earmark.report_html import _facts
     from earmark.scan import group_by_recording, write_summary_csv
 
@@ -509,12 +509,20 @@ def test_verified_matches_are_shown_in_the_csv_and_the_report(tmp_path):
                 "reference_end": 28.0, "coverage": 0.8, "speed": 1.0,
                 "pitch_semitones": -3.0 if verified else 0.0, "verified": verified}
 
+    check = {"correlation": 0.512, "peaks": 0.58, "peaks_z": 20.6}
     record = {"query": "q.wav", "duration": 10.0, "error": None,
-              "matches": [match(1, 0.873, 30), match(2, None, 20)]}
-    assert write_summary_csv(tmp_path / "s.csv", [record]) == 2
+              "matches": [match(1, check, 30), match(2, None, 20), match(3, 0.873, 25),
+                          match(4, {"correlation": "<script>", "peaks": 1}, 22)]}
+    assert write_summary_csv(tmp_path / "s.csv", [record]) == 4
     rows = {r["track_id"]: r for r in csv.DictReader(open(tmp_path / "s.csv", encoding="utf-8"))}
-    assert rows["1"]["verified"] == "0.873" and rows["2"]["verified"] == ""
-    groups = group_by_recording(record)
-    shown = [_facts(g["best"], g) for g in groups]
-    assert "checked on the audio" in shown[0] and "0.87" in shown[0]
-    assert "checked on the audio" not in shown[1]
+    assert (rows["1"]["verified_peaks"], rows["1"]["verified_peaks_z"],
+            rows["1"]["verified_correlation"]) == ("0.58", "20.6", "0.512")
+    assert rows["2"]["verified_peaks"] == rows["2"]["verified_correlation"] == ""
+    # An older release's bare correlation still reads; a malformed check is no check.
+    assert rows["3"]["verified_correlation"] == "0.873" and rows["3"]["verified_peaks"] == ""
+    assert rows["4"]["verified_correlation"] == ""
+    groups = {g["reference"]["track_id"]: _facts(g["best"], g) for g in group_by_recording(record)}
+    assert "checked on the audio" in groups[1] and "58%" in groups[1] and "20.6" in groups[1]
+    assert "0.51" in groups[1]
+    assert "checked on the audio" in groups[3] and "0.87" in groups[3]
+    assert "checked on the audio" not in groups[2] and "checked on the audio" not in groups[4]
