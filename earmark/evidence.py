@@ -128,7 +128,9 @@ class Match:
         Segment of the query, in seconds: the estimated extent of the use.  The aligned
         landmarks (``alignment``) are a sample of it, so the ends extend one mean gap
         between them beyond the first and last (:func:`earmark.match.evidence_to_match`),
-        clipped to the query.
+        clipped to the query; with ``MatchConfig.audio_edges`` (the default search) an
+        end inside the query is then read off the audio, where the recording's spectral
+        peaks stop being found along the alignment (:func:`earmark.verify.use_edges`).
     reference_start, reference_end : float
         The corresponding segment of the reference recording, in seconds.
     coverage : float

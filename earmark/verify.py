@@ -283,7 +283,7 @@ def verify_segment(query: np.ndarray, query_start: float, query_end: float,
     try:
         reference = audio_io.load_audio(reference_path, sr,
                                         max_seconds=seconds * speed + 2 * NULL_MAX_LAG_SECONDS + 0.5,
-                                        offset_seconds=lo)
+                                        offset_seconds=lo, fast_seek=True)
     except (EarmarkError, OSError):
         return None
     if reference.shape[0] < cfg.n_fft:
@@ -296,9 +296,168 @@ def verify_segment(query: np.ndarray, query_start: float, query_end: float,
     return check_alignment(segment, reference, speed, pitch_semitones, cfg)
 
 
-def passes(check: AudioCheck | None, mcfg: MatchConfig) -> bool:
-    """Whether an audio check lets a weak candidate through (either statistic's cut)."""
+def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf) -> bool:
+    """Whether an audio check lets a weak candidate through: its peaks stand out
+    (``verify_min_peaks_z``), or its spectrogram correlates (``verify_min_correlation``)
+    and its votes have the ``contrast`` a match needs (``min_contrast``).
+
+    The peak test is calibrated without contrast: it compares the alignment with other
+    alignments of the same two signals, a sharper form of what contrast asks (that a use
+    stands out of the query's coincidences with other recordings).  Correlation does not
+    tell near-copies of one style apart (0.60-0.90 between the tests' synthetic songs at
+    their chance alignments), so it keeps the contrast rule.
+    """
     if check is None:
         return False
-    return (check.correlation >= mcfg.verify_min_correlation
-            or (check.peaks_z is not None and check.peaks_z >= mcfg.verify_min_peaks_z))
+    if check.peaks_z is not None and check.peaks_z >= mcfg.verify_min_peaks_z:
+        return True
+    return check.correlation >= mcfg.verify_min_correlation and contrast >= mcfg.min_contrast
+
+
+# ----------------------------------------------------------------------------- segment edges
+
+#: Edges: a use's start and end are looked for this far outside (and inside) the
+#: landmark segment's (seconds).  Landmarks further out would have joined the segment
+#: (``MatchConfig.max_gap_seconds``).
+EDGE_SEARCH_SECONDS = 2.5
+#: Edges: the in-use rate of found peaks is measured on up to this much of the segment
+#: next to each edge (seconds).
+EDGE_INSIDE_SECONDS = 3.0
+#: Edges: the alignment is re-centred within this many frames (a Vorbis seek or the
+#: line fit can be a frame or two off).
+EDGE_ALIGN_FRAMES = 2
+#: Edges: an edge closer than this to the query's own start or end is left as it is
+#: (seconds): the use runs to the end of the query.
+EDGE_MIN_INTERIOR_SECONDS = 0.25
+#: Edges: refined only when the in-use rate stands this far above the chance rate (the
+#: fraction of peaks found at other alignments); otherwise the audio cannot tell.
+EDGE_MIN_RATE_GAIN = 0.1
+
+
+def _found_per_frame(q_near: np.ndarray, r_peaks: np.ndarray, speed: float, lag: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per query frame: the reference's peaks at the mapped frame (+ ``lag``) and how
+    many of them have a query peak near them (``q_near``: dilated query peaks)."""
+    ref_frames = np.round(np.arange(q_near.shape[0]) * speed).astype(np.int64) + lag
+    inside = (ref_frames >= 0) & (ref_frames < r_peaks.shape[0])
+    n = np.zeros(q_near.shape[0])
+    found = np.zeros(q_near.shape[0])
+    at = r_peaks[ref_frames[inside]]
+    n[inside] = at.sum(axis=1)
+    found[inside] = (at & q_near[inside]).sum(axis=1)
+    return n, found
+
+
+def use_edges(query: np.ndarray, query_start: float, query_end: float,
+              reference_path: str | os.PathLike, reference_start: float, speed: float,
+              pitch_semitones: float, cfg: FingerprintConfig,
+              refine_start: bool = True, refine_end: bool = True,
+              anchor_times: np.ndarray | None = None) -> tuple[float, float] | None:
+    """Where a use of a recording begins and ends in the query, read off the audio.
+
+    A match's segment comes from its matched landmarks, which are a sample of the used
+    audio: under a loud mix the first one can come a second after the use begins.  Along
+    the match's alignment line the fraction of the recording's spectral peaks found in
+    the query is high inside the use and at the chance rate outside it.  Each edge is the
+    change point of that rate within :data:`EDGE_SEARCH_SECONDS` of the landmark
+    segment's: the frame that maximises the found peaks minus ``theta`` times the
+    recording's peaks between it and the inside of the segment, ``theta`` halfway
+    between the in-use rate and the chance rate (the rate at alignments 0.3-1 s off).
+
+    Parameters
+    ----------
+    query : np.ndarray
+        The whole query, mono at ``cfg.sr``.
+    query_start, query_end, reference_start, speed, pitch_semitones
+        The match (seconds; its alignment maps query time ``t`` to reference time
+        ``reference_start + (t - query_start) * speed``).
+    reference_path : path
+        The catalogue file.
+    refine_start, refine_end : bool
+        Which edges to look for (an edge at the query's own start or end stays).
+    anchor_times : np.ndarray, optional
+        Query times of the matched landmarks.  They are evidence of their own: the start
+        stays at or before the second of them, the end at or after the last but one (a
+        single one may be a chance coincidence).
+
+    Returns
+    -------
+    (float, float) or None
+        The refined ``(query_start, query_end)``; ``None`` when the catalogue file cannot
+        be read or the audio does not separate the use from chance.
+    """
+    sr = cfg.sr
+    duration = query.shape[0] / sr
+    frame = cfg.frame_seconds
+    inside = min(EDGE_INSIDE_SECONDS, query_end - query_start)
+    windows = []
+    if query_end - query_start <= 2 * EDGE_INSIDE_SECONDS + MAX_VERIFY_SECONDS:
+        windows.append((max(0.0, query_start - EDGE_SEARCH_SECONDS),
+                        min(duration, query_end + EDGE_SEARCH_SECONDS), "both"))
+    else:
+        windows += [(max(0.0, query_start - EDGE_SEARCH_SECONDS), query_start + inside,
+                     "start"),
+                    (query_end - inside, min(duration, query_end + EDGE_SEARCH_SECONDS),
+                     "end")]
+    new_start, new_end = query_start, query_end
+    for t0, t1, which in windows:
+        segment = query[int(round(t0 * sr)):int(round(t1 * sr))]
+        r0 = reference_start + (t0 - query_start) * speed
+        lead = max(0.0, -r0)                          # the window starts before the file
+        try:
+            reference = audio_io.load_audio(reference_path, sr,
+                                            max_seconds=(t1 - t0) * speed + 1.0 - lead,
+                                            offset_seconds=max(0.0, r0), fast_seek=True)
+        except (EarmarkError, OSError):
+            return None
+        if segment.shape[0] < cfg.n_fft or reference.shape[0] < cfg.n_fft:
+            return None
+        if lead > 0:
+            reference = np.concatenate([np.zeros(int(round(lead * sr)), np.float32),
+                                        reference])
+        q_spec, r_spec = _transposed(_spectrogram(segment, cfg), _spectrogram(reference, cfg),
+                                     pitch_semitones, cfg)
+        times = t0 + np.arange(q_spec.shape[0]) * frame
+        in_use = (times >= query_start) & (times <= query_end)
+        if which == "start":
+            in_use &= times <= query_start + inside
+        elif which == "end":
+            in_use &= times >= query_end - inside
+        if not in_use.any():
+            return None
+        q_near = _neighbourhood_max(spectral_peaks(q_spec), PEAK_TOLERANCE_FRAMES,
+                                    PEAK_TOLERANCE_BINS)
+        r_peaks = spectral_peaks(r_spec)
+        best = None
+        for lag in range(-EDGE_ALIGN_FRAMES, EDGE_ALIGN_FRAMES + 1):
+            n, found = _found_per_frame(q_near, r_peaks, speed, lag)
+            if best is None or found[in_use].sum() > best[1][in_use].sum():
+                best = (n, found, lag)
+        n, found, lag = best
+        chance = [_found_per_frame(q_near, r_peaks, speed, lag + side * off)
+                  for off in (20, 40, 60) for side in (-1, 1)]
+        chance_rate = sum(f.sum() for _, f in chance) / max(sum(c.sum() for c, _ in chance), 1)
+        use_rate = found[in_use].sum() / max(n[in_use].sum(), 1)
+        if use_rate < chance_rate + EDGE_MIN_RATE_GAIN:
+            return None
+        theta = 0.5 * (use_rate + chance_rate)
+        gain = np.concatenate([[0.0], np.cumsum(found - theta * n)])   # gain[i]: frames < i
+        first, last = np.flatnonzero(in_use)[[0, -1]]
+        if which in ("both", "start") and refine_start:
+            # start s maximises gain[last + 1] - gain[s]: the lowest gain before `last`;
+            # ties go to the latest frame (no evidence is no extension).
+            lowest = gain[:last + 1]
+            s = int(lowest.shape[0] - 1 - np.argmin(lowest[::-1]))
+            new_start = max(0.0, float(times[min(s, times.shape[0] - 1)]))
+        if which in ("both", "end") and refine_end:
+            # end e maximises gain[e + 1] - gain[first]: the highest gain after `first`.
+            highest = gain[first + 1:]
+            e = first + int(np.argmax(highest))
+            new_end = min(duration, float(times[e]) + frame)
+    if anchor_times is not None and np.unique(anchor_times).shape[0] >= 2:
+        anchors = np.unique(anchor_times)
+        new_start = min(new_start, float(anchors[1]))
+        new_end = max(new_end, float(anchors[-2]))
+    if new_end <= new_start:
+        return None
+    return new_start, new_end

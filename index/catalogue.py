@@ -364,11 +364,14 @@ class Index:
                 sparser(lm, self.config, coarse_peaks, self._query_max_dt(mcfg)))
         found = search(QueryLandmarks.from_landmarks(lm), self._views, self.total_frames,
                        self._track_frames, self.config, mcfg, coarse)
-        found = [e for e in found if e.contrast >= mcfg.min_contrast]
-        # Candidates under the threshold may still be verified on the audio.
+        # Candidates under the threshold may still be verified on the audio, whatever
+        # their contrast: the peak test compares the alignment with other alignments of
+        # the same two signals, which is what contrast approximates with other recordings
+        # (the correlation test still asks for the contrast, see verify.passes).
         weak = [e for e in found if mcfg.verify_min_significance <= e.significance
                 < mcfg.min_significance and e.score >= mcfg.min_score] \
             if mcfg.verifies and lm.audio is not None else []
+        found = [e for e in found if e.contrast >= mcfg.min_contrast]
         # Ties in score (the same audio in two catalogue recordings, e.g. a remaster)
         # go to the more significant one, whatever order the files were indexed in.
         def rank(e) -> tuple:
@@ -387,6 +390,8 @@ class Index:
         pairs += self._verified(lm.audio, weak, to_match, mcfg) if weak else []
         pairs.sort(key=lambda p: rank(p[0]))
         matches = [m for _, m in pairs[: mcfg.max_matches]]
+        if mcfg.audio_edges and lm.audio is not None:
+            matches = [self._with_audio_edges(lm.audio, m) for m in matches]
         if mcfg.derivation and lm.audio is not None and lm.audio.shape[0]:
             matches += self._derivations(lm.audio, {m.reference.track_id for m in matches})
         return QueryResult(query=label, duration=lm.duration, matches=tuple(matches),
@@ -402,9 +407,33 @@ class Index:
             check = verify.verify_segment(y, m.query_start, m.query_end,
                                           m.reference.path, m.reference_start, m.speed,
                                           m.pitch_semitones, self.config)
-            if verify.passes(check, mcfg):
+            if verify.passes(check, mcfg, contrast=e.contrast):
                 out.append((e, dataclasses.replace(m, verified=check)))
         return out
+
+    def _with_audio_edges(self, y: np.ndarray, m: Match) -> Match:
+        """``m`` with its segment's inner edges (those not at the query's own start or end)
+        read off the audio (:func:`earmark.verify.use_edges`); unchanged when the
+        catalogue file cannot be read or the audio cannot tell."""
+        duration = y.shape[0] / self.config.sr
+        margin = verify.EDGE_MIN_INTERIOR_SECONDS
+        refine_start, refine_end = m.query_start > margin, m.query_end < duration - margin
+        if not (refine_start or refine_end):
+            return m
+        anchors = np.array([q for q, _ in m.alignment]) if m.alignment else None
+        edges = verify.use_edges(y, m.query_start, m.query_end, m.reference.path,
+                                 m.reference_start, m.speed, m.pitch_semitones, self.config,
+                                 refine_start, refine_end, anchors)
+        if edges is None:
+            return m
+        start, end = edges
+
+        def ref_time(t: float) -> float:
+            return m.reference_start + (t - m.query_start) * m.speed
+
+        return dataclasses.replace(m, query_start=start, query_end=end,
+                                   reference_start=ref_time(start), reference_end=ref_time(end),
+                                   coverage=(end - start) / duration if duration > 0 else 0.0)
 
     def _derivations(self, y: np.ndarray, recording_tracks: set[int]) -> list[Match]:
         """Derivation-tier matches (``kind="derivation"``) of tracks not already matched
@@ -433,7 +462,7 @@ class Index:
             y = audio_io.resample(y, sr, self.config.sr)
         lm = fingerprint_audio(y, self.config, side="query", max_dt_frames=self._query_max_dt(mcfg))
         check_fingerprintable(label, lm.duration, lm.n_peaks)
-        if mcfg.derivation or mcfg.verifies:
+        if mcfg.derivation or mcfg.verifies or mcfg.audio_edges:
             lm = dataclasses.replace(lm, audio=y)
         res = self.match_landmarks(lm, mcfg, label)
         return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
@@ -460,7 +489,7 @@ class Index:
             duration = start + y.shape[0] / self.config.sr
             lm = fingerprint_audio(y, self.config, side="query",
                                    max_dt_frames=self._query_max_dt(mcfg))
-            if mcfg.derivation or mcfg.verifies:
+            if mcfg.derivation or mcfg.verifies or mcfg.audio_edges:
                 lm = dataclasses.replace(lm, audio=y)
             if first and last:      # the whole file in one window: a plain query
                 check_fingerprintable(label, lm.duration, lm.n_peaks)

@@ -508,3 +508,58 @@ def test_verification_without_the_catalogue_file_is_skipped(catalogue, tmp_path)
     (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     assert verify_segment(y, 0.0, 4.0, tmp_path / "broken.wav", 1.0, 1.0, 0.0,
                           DEFAULT) is None
+
+
+# --------------------------------------------------------------------------- segment edges
+
+def _embedded(catalogue, name: str, ref_start: float, seconds: float, at: float,
+              total: float, seed: int) -> np.ndarray:
+    """``seconds`` of a catalogue piece from ``ref_start``, added at query time ``at`` to
+    ``total`` seconds of pink noise as loud as it (0 dB)."""
+    excerpt, _ = catalogue.excerpt(name, ref_start, seconds)
+    noise = catalogue.noise(seed, total, "pink")
+    noise = noise * float(np.std(excerpt) / np.std(noise))
+    a = int(round(at * SR))
+    noise[a:a + excerpt.shape[0]] += excerpt
+    return noise.astype(np.float32)
+
+
+def test_use_edges_reads_where_an_excerpt_begins_and_ends(catalogue):
+    """Given a segment a second short at both ends, or a second too long, the edges read
+    off the audio are the excerpt's own (within 0.3 s: a note may start or fade
+    a little inside it)."""
+    from earmark.fingerprint.config import DEFAULT
+    from earmark.fingerprint.audio import resample
+    from earmark.verify import use_edges
+
+    name = "track05.wav"
+    y = resample(_embedded(catalogue, name, 10.0, 6.0, 7.0, 20.0, seed=4), SR, DEFAULT.sr)
+    path = catalogue.folder / name
+    for start, end in ((8.0, 12.0), (6.0, 14.0)):
+        got = use_edges(y, start, end, path, 10.0 + (start - 7.0), 1.0, 0.0, DEFAULT)
+        assert got is not None
+        assert abs(got[0] - 7.0) <= 0.3 and abs(got[1] - 13.0) <= 0.3, got
+    # Only the edges asked for move; matched landmarks bound how far a start can move in.
+    got = use_edges(y, 8.0, 12.0, path, 11.0, 1.0, 0.0, DEFAULT, refine_end=False)
+    assert abs(got[0] - 7.0) <= 0.3 and got[1] == 12.0
+    got = use_edges(y, 6.0, 14.0, path, 9.0, 1.0, 0.0, DEFAULT,
+                    anchor_times=np.array([6.2, 6.5, 9.0, 11.0]))
+    assert got[0] == pytest.approx(6.5) and abs(got[1] - 13.0) <= 0.3
+    # Another recording at that place: the audio cannot tell, the segment stays.
+    assert use_edges(y, 8.0, 12.0, catalogue.folder / "track02.wav", 11.0, 1.0, 0.0,
+                     DEFAULT) is None
+
+
+def test_match_segment_of_an_excerpt_under_noise_is_its_own(catalogue, index):
+    """A 6-s excerpt under pink noise at 0 dB in 24 s: the match's segment is the
+    excerpt's, in the query and in the recording, where the landmarks alone put its start
+    0.7 s late."""
+    name = "track06.wav"
+    y = _embedded(catalogue, name, 14.0, 6.0, 9.5, 24.0, seed=8)
+    plain = MATCH_PRESETS["default"].with_(audio_edges=False)
+    landmarks_only = [x for x in index.match_audio(y, SR, plain).matches if track_of(x) == name][0]
+    assert landmarks_only.query_start - 9.5 > 0.5
+    m = [x for x in index.match_audio(y, SR).matches if track_of(x) == name][0]
+    assert abs(m.query_start - 9.5) <= 0.2 and abs(m.query_end - 15.5) <= 0.2
+    assert abs(m.reference_start - 14.0) <= 0.2 and abs(alignment_offset(m) - 4.5) <= 0.1
+    assert m.coverage == pytest.approx((m.query_end - m.query_start) / 24.0, abs=1e-6)
