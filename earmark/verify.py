@@ -138,6 +138,26 @@ def spectral_peaks(spec_db: np.ndarray,
     return (spec_db >= _neighbourhood_max(spec_db, 1, 1)) & (spec_db > floor)
 
 
+def _near_query_peaks(query_spec: np.ndarray) -> np.ndarray:
+    """Where a recording's peak counts as found: within the tolerance of a query peak."""
+    return _neighbourhood_max(spectral_peaks(query_spec), PEAK_TOLERANCE_FRAMES,
+                              PEAK_TOLERANCE_BINS)
+
+
+def _found_per_frame(q_near: np.ndarray, r_peaks: np.ndarray, speed: float, lag: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per query frame: the reference's peaks at the mapped frame (+ ``lag``) and how
+    many of them have a query peak near them (``q_near``: dilated query peaks)."""
+    ref_frames = np.round(np.arange(q_near.shape[0]) * speed).astype(np.int64) + lag
+    inside = (ref_frames >= 0) & (ref_frames < r_peaks.shape[0])
+    n = np.zeros(q_near.shape[0])
+    found = np.zeros(q_near.shape[0])
+    at = r_peaks[ref_frames[inside]]
+    n[inside] = at.sum(axis=1)
+    found[inside] = (at & q_near[inside]).sum(axis=1)
+    return n, found
+
+
 def _transposed(query_spec: np.ndarray, reference_spec: np.ndarray, pitch_semitones: float,
                 cfg: FingerprintConfig) -> tuple[np.ndarray, np.ndarray]:
     """The bins both spectrograms cover once the reference is moved by the pitch shift:
@@ -251,16 +271,15 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
     in_reach = np.abs(lags - centre) <= corr_lag
     correlation = float(_correlations(q, r, frames[in_reach]).max(initial=-1.0))
 
-    query_near_peak = _neighbourhood_max(spectral_peaks(q), PEAK_TOLERANCE_FRAMES,
-                                         PEAK_TOLERANCE_BINS)
+    query_near_peak = _near_query_peaks(q)
     reference_peaks = spectral_peaks(r)
     fraction = np.zeros(lags.shape[0])
-    n_peaks = np.zeros(lags.shape[0], np.int64)
-    for n, idx in enumerate(frames):
-        at_lag = reference_peaks[idx]
-        n_peaks[n] = np.count_nonzero(at_lag)
+    n_peaks = np.zeros(lags.shape[0])
+    for n, lag in enumerate(lags):
+        per_frame, found = _found_per_frame(query_near_peak, reference_peaks, speed, int(lag))
+        n_peaks[n] = per_frame.sum()
         if n_peaks[n]:
-            fraction[n] = np.count_nonzero(at_lag & query_near_peak) / n_peaks[n]
+            fraction[n] = found.sum() / n_peaks[n]
     if not n_peaks[near].any():
         return None
     peaks = float(fraction[near].max())
@@ -268,6 +287,27 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
     peaks_z = (peaks - float(fraction[null].mean())) / max(spread, 1e-3)
     return AudioCheck(correlation=round(correlation, 4), peaks=round(peaks, 4),
                       peaks_z=round(peaks_z, 2))
+
+
+def _read_reference(path: str | os.PathLike, start_seconds: float, seconds: float,
+                    cfg: FingerprintConfig) -> np.ndarray | None:
+    """``seconds`` of a catalogue file from ``start_seconds`` (mono at ``cfg.sr``); the
+    part before the file's start (``start_seconds < 0``) is silence, so sample 0 is
+    always ``start_seconds``.  ``None`` when the file cannot be read (moved, deleted,
+    damaged) or holds less than one analysis window there."""
+    lead = max(0.0, -start_seconds)
+    try:
+        reference = audio_io.load_audio(path, cfg.sr, max_seconds=max(seconds - lead, 0.0),
+                                        offset_seconds=max(0.0, start_seconds),
+                                        fast_seek=True)
+    except (EarmarkError, OSError):
+        return None
+    if reference.shape[0] < cfg.n_fft:
+        return None
+    if lead > 0:
+        reference = np.concatenate([np.zeros(int(round(lead * cfg.sr)), np.float32),
+                                    reference])
+    return reference
 
 
 def verify_segment(query: np.ndarray, query_start: float, query_end: float,
@@ -282,20 +322,10 @@ def verify_segment(query: np.ndarray, query_start: float, query_end: float,
     segment = query[first:first + int(round(seconds * sr))]
     if segment.shape[0] < cfg.n_fft:
         return None
-    lo = max(0.0, reference_start - NULL_MAX_LAG_SECONDS)
-    try:
-        reference = audio_io.load_audio(reference_path, sr,
-                                        max_seconds=seconds * speed + 2 * NULL_MAX_LAG_SECONDS + 0.5,
-                                        offset_seconds=lo, fast_seek=True)
-    except (EarmarkError, OSError):
+    reference = _read_reference(reference_path, reference_start - NULL_MAX_LAG_SECONDS,
+                                seconds * speed + 2 * NULL_MAX_LAG_SECONDS + 0.5, cfg)
+    if reference is None:
         return None
-    if reference.shape[0] < cfg.n_fft:
-        return None
-    # A reference that starts before its file (lo clipped at 0) is padded so that lag 0
-    # still means "NULL_MAX_LAG_SECONDS early".
-    pad = int(round((lo - (reference_start - NULL_MAX_LAG_SECONDS)) * sr))
-    if pad > 0:
-        reference = np.concatenate([np.zeros(pad, np.float32), reference])
     return check_alignment(segment, reference, speed, pitch_semitones, cfg)
 
 
@@ -338,20 +368,6 @@ EDGE_MIN_INTERIOR_SECONDS = 1.0
 #: Edges: refined only when the in-use rate stands this far above the chance rate (the
 #: fraction of peaks found at other alignments); otherwise the audio cannot tell.
 EDGE_MIN_RATE_GAIN = 0.1
-
-
-def _found_per_frame(q_near: np.ndarray, r_peaks: np.ndarray, speed: float, lag: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Per query frame: the reference's peaks at the mapped frame (+ ``lag``) and how
-    many of them have a query peak near them (``q_near``: dilated query peaks)."""
-    ref_frames = np.round(np.arange(q_near.shape[0]) * speed).astype(np.int64) + lag
-    inside = (ref_frames >= 0) & (ref_frames < r_peaks.shape[0])
-    n = np.zeros(q_near.shape[0])
-    found = np.zeros(q_near.shape[0])
-    at = r_peaks[ref_frames[inside]]
-    n[inside] = at.sum(axis=1)
-    found[inside] = (at & q_near[inside]).sum(axis=1)
-    return n, found
 
 
 def use_edges(query: np.ndarray, query_start: float, query_end: float,
@@ -408,19 +424,11 @@ def use_edges(query: np.ndarray, query_start: float, query_end: float,
     new_start, new_end = query_start, query_end
     for t0, t1, which in windows:
         segment = query[int(round(t0 * sr)):int(round(t1 * sr))]
-        r0 = reference_start + (t0 - query_start) * speed
-        lead = max(0.0, -r0)                          # the window starts before the file
-        try:
-            reference = audio_io.load_audio(reference_path, sr,
-                                            max_seconds=(t1 - t0) * speed + 1.0 - lead,
-                                            offset_seconds=max(0.0, r0), fast_seek=True)
-        except (EarmarkError, OSError):
+        reference = _read_reference(reference_path,
+                                    reference_start + (t0 - query_start) * speed,
+                                    (t1 - t0) * speed + 1.0, cfg)
+        if reference is None or segment.shape[0] < cfg.n_fft:
             return None
-        if segment.shape[0] < cfg.n_fft or reference.shape[0] < cfg.n_fft:
-            return None
-        if lead > 0:
-            reference = np.concatenate([np.zeros(int(round(lead * sr)), np.float32),
-                                        reference])
         q_spec, r_spec = _transposed(_spectrogram(segment, cfg), _spectrogram(reference, cfg),
                                      pitch_semitones, cfg)
         times = t0 + np.arange(q_spec.shape[0]) * frame
@@ -431,8 +439,7 @@ def use_edges(query: np.ndarray, query_start: float, query_end: float,
             in_use &= times >= query_end - inside
         if not in_use.any():
             return None
-        q_near = _neighbourhood_max(spectral_peaks(q_spec), PEAK_TOLERANCE_FRAMES,
-                                    PEAK_TOLERANCE_BINS)
+        q_near = _near_query_peaks(q_spec)
         r_peaks = spectral_peaks(r_spec)
         best = None
         for lag in range(-EDGE_ALIGN_FRAMES, EDGE_ALIGN_FRAMES + 1):
