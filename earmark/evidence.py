@@ -23,8 +23,9 @@ JSON schema of one query line (``fp match --json``, ``results.jsonl`` of ``fp sc
           "coverage": 0.6,               # fraction of the query the segment covers
           "speed": 1.05,                 # time-scale: reference seconds per query second
           "pitch_semitones": 0.84,       # frequency shift of the query vs. the reference
-          "verified": null,              # spectrogram correlation with the catalogue file
-                                         # when the landmarks alone were under the threshold
+          "verified": null,              # when the landmarks alone were under the threshold:
+                                         # {"correlation", "peaks", "peaks_z"} of the audio
+                                         # check against the catalogue file (AudioCheck)
           "alignment": [[q_t, r_t], ...] # optional: matched landmark times (for plots)
         }
       ]

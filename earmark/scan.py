@@ -86,8 +86,8 @@ from typing import Any, TextIO
 
 import click
 
-from earmark.evidence import AudioCheck
 from earmark.errors import EarmarkError, MetadataError
+from earmark.evidence import AudioCheck
 from earmark.index.store import fsync_dir
 from earmark.threads import single_threaded_blas
 
