@@ -545,6 +545,18 @@ def test_use_edges_reads_where_an_excerpt_begins_and_ends(catalogue):
     got = use_edges(y, 6.0, 14.0, path, 9.0, 1.0, 0.0, DEFAULT,
                     anchor_times=np.array([6.2, 6.5, 9.0, 11.0]))
     assert got[0] == pytest.approx(6.5) and abs(got[1] - 13.0) <= 0.3
+    # A use longer than one window (here 22 s) has each edge read in a window of its own:
+    # the same edges as a short segment at either end gives, within 0.5 s of the truth
+    # (this piece has few peaks at both ends of the excerpt).
+    long_query = resample(_embedded(catalogue, name, 8.0, 22.0, 5.0, 40.0, seed=6), SR,
+                          DEFAULT.sr)
+    got = use_edges(long_query, 6.0, 26.0, path, 9.0, 1.0, 0.0, DEFAULT)
+    assert abs(got[0] - 5.0) <= 0.5 and abs(got[1] - 27.0) <= 0.5, got
+    frame = DEFAULT.frame_seconds         # the windows' frame grids differ by a fraction
+    assert got[0] == pytest.approx(
+        use_edges(long_query, 6.0, 12.0, path, 9.0, 1.0, 0.0, DEFAULT)[0], abs=frame)
+    assert got[1] == pytest.approx(
+        use_edges(long_query, 20.0, 26.0, path, 23.0, 1.0, 0.0, DEFAULT)[1], abs=frame)
     # Another recording at that place: the audio cannot tell, the segment stays.
     assert use_edges(y, 8.0, 12.0, catalogue.folder / "track02.wav", 11.0, 1.0, 0.0,
                      DEFAULT) is None
