@@ -324,6 +324,12 @@ class MatchConfig:
         """Whether candidates under ``min_significance`` are checked on the audio."""
         return self.verify_audio and self.verify_min_significance < self.min_significance
 
+    @property
+    def needs_audio(self) -> bool:
+        """Whether matching reads the query's samples, not only its landmarks (the
+        derivation tier, audio verification, segment edges)."""
+        return self.derivation or self.verifies or self.audio_edges
+
     def with_(self, **changes) -> "MatchConfig":
         return replace(self, **changes)
 

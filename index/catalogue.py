@@ -462,7 +462,7 @@ class Index:
             y = audio_io.resample(y, sr, self.config.sr)
         lm = fingerprint_audio(y, self.config, side="query", max_dt_frames=self._query_max_dt(mcfg))
         check_fingerprintable(label, lm.duration, lm.n_peaks)
-        if mcfg.derivation or mcfg.verifies or mcfg.audio_edges:
+        if mcfg.needs_audio:
             lm = dataclasses.replace(lm, audio=y)
         res = self.match_landmarks(lm, mcfg, label)
         return dataclasses.replace(res, elapsed=time.perf_counter() - t0)
@@ -489,7 +489,7 @@ class Index:
             duration = start + y.shape[0] / self.config.sr
             lm = fingerprint_audio(y, self.config, side="query",
                                    max_dt_frames=self._query_max_dt(mcfg))
-            if mcfg.derivation or mcfg.verifies or mcfg.audio_edges:
+            if mcfg.needs_audio:
                 lm = dataclasses.replace(lm, audio=y)
             if first and last:      # the whole file in one window: a plain query
                 check_fingerprintable(label, lm.duration, lm.n_peaks)
