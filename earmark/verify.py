@@ -75,6 +75,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from numba import njit
 
 from earmark.errors import EarmarkError
 from earmark.evidence import AudioCheck
@@ -156,6 +157,43 @@ def _found_per_frame(q_near: np.ndarray, r_peaks: np.ndarray, speed: float, lag:
     n[inside] = at.sum(axis=1)
     found[inside] = (at & q_near[inside]).sum(axis=1)
     return n, found
+
+
+@njit(cache=True)
+def _found_per_lag(q_near: np.ndarray, r_peaks: np.ndarray, ref_frames: np.ndarray,
+                   lags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Totals of :func:`_found_per_frame` for many lags: per lag, the reference's peaks
+    at the frames query frame ``i`` maps to (``ref_frames[i] + lag``) and how many of
+    them have a query peak near them.  The reference's peaks are listed once per frame,
+    so a lag costs a pass over the query's frames and the peaks they meet (the dense
+    comparison of every bin at 250 lags was most of a check's time)."""
+    n_ref, n_bins = r_peaks.shape
+    frame_start = np.zeros(n_ref + 1, dtype=np.int64)
+    for f in range(n_ref):
+        frame_start[f + 1] = frame_start[f] + np.count_nonzero(r_peaks[f])
+    peak_bins = np.empty(frame_start[n_ref], dtype=np.int64)
+    k = 0
+    for f in range(n_ref):
+        for b in range(n_bins):
+            if r_peaks[f, b]:
+                peak_bins[k] = b
+                k += 1
+    n_peaks = np.zeros(lags.shape[0])
+    found = np.zeros(lags.shape[0])
+    for li in range(lags.shape[0]):
+        n = 0
+        hit = 0
+        for i in range(ref_frames.shape[0]):
+            f = ref_frames[i] + lags[li]
+            if f < 0 or f >= n_ref:
+                continue
+            for k in range(frame_start[f], frame_start[f + 1]):
+                n += 1
+                if q_near[i, peak_bins[k]]:
+                    hit += 1
+        n_peaks[li] = n
+        found[li] = hit
+    return n_peaks, found
 
 
 def _transposed(query_spec: np.ndarray, reference_spec: np.ndarray, pitch_semitones: float,
@@ -273,13 +311,10 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
 
     query_near_peak = _near_query_peaks(q)
     reference_peaks = spectral_peaks(r)
-    fraction = np.zeros(lags.shape[0])
-    n_peaks = np.zeros(lags.shape[0])
-    for n, lag in enumerate(lags):
-        per_frame, found = _found_per_frame(query_near_peak, reference_peaks, speed, int(lag))
-        n_peaks[n] = per_frame.sum()
-        if n_peaks[n]:
-            fraction[n] = found.sum() / n_peaks[n]
+    ref_frames = np.round(np.arange(q.shape[0]) * speed).astype(np.int64)
+    n_peaks, found = _found_per_lag(query_near_peak, reference_peaks, ref_frames,
+                                    lags.astype(np.int64))
+    fraction = np.divide(found, n_peaks, out=np.zeros(lags.shape[0]), where=n_peaks > 0)
     if not n_peaks[near].any():
         return None
     peaks = float(fraction[near].max())
@@ -329,10 +364,12 @@ def verify_segment(query: np.ndarray, query_start: float, query_end: float,
     return check_alignment(segment, reference, speed, pitch_semitones, cfg)
 
 
-def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf) -> bool:
+def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf,
+           significance: float = np.inf, score: int | None = None) -> bool:
     """Whether an audio check lets a weak candidate through: its peaks stand out
     (``verify_min_peaks_z``), or its spectrogram correlates (``verify_min_correlation``)
-    and its votes have the ``contrast`` a match needs (``min_contrast``).
+    and its votes have the ``contrast``, ``significance`` and ``score`` the correlation
+    test asks (``min_contrast``, ``verify_min_significance``, ``min_score``).
 
     The peak test is calibrated without contrast: it compares the alignment with other
     alignments of the same two signals, a sharper form of what contrast asks (that a use
@@ -344,7 +381,9 @@ def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf
         return False
     if check.peaks_z is not None and check.peaks_z >= mcfg.verify_min_peaks_z:
         return True
-    return check.correlation >= mcfg.verify_min_correlation and contrast >= mcfg.min_contrast
+    return (check.correlation >= mcfg.verify_min_correlation and contrast >= mcfg.min_contrast
+            and significance >= mcfg.verify_min_significance
+            and (score is None or score >= mcfg.min_score))
 
 
 # ----------------------------------------------------------------------------- segment edges

@@ -301,6 +301,8 @@ class MatchConfig:
     verify_min_significance: float = 10.0
     verify_min_correlation: float = 0.8
     verify_min_peaks_z: float = 10.0
+    verify_peaks_min_fraction: float = 0.3
+    verify_min_score: int = 7
     audio_edges: bool = True
     max_matches: int = 10
     inlier_seconds: float = 0.048
@@ -322,7 +324,23 @@ class MatchConfig:
     @property
     def verifies(self) -> bool:
         """Whether candidates under ``min_significance`` are checked on the audio."""
-        return self.verify_audio and self.verify_min_significance < self.min_significance
+        return self.verify_audio and self.weakest_checked < self.min_significance
+
+    @property
+    def verify_peaks_min_significance(self) -> float:
+        """Least significance of a candidate the peak test checks (6 by default)."""
+        return self.verify_peaks_min_fraction * self.min_significance
+
+    @property
+    def weakest_checked(self) -> float:
+        """Least significance of a candidate checked on the audio (either test)."""
+        return min(self.verify_min_significance, self.verify_peaks_min_significance)
+
+    @property
+    def candidate_min_score(self) -> int:
+        """Fewest aligned landmarks of a candidate the search keeps: ``min_score``, or
+        ``verify_min_score`` when weaker candidates are checked on the audio."""
+        return min(self.min_score, self.verify_min_score) if self.verifies else self.min_score
 
     @property
     def needs_audio(self) -> bool:

@@ -368,10 +368,10 @@ class Index:
         # their contrast: the peak test compares the alignment with other alignments of
         # the same two signals, which is what contrast approximates with other recordings
         # (the correlation test still asks for the contrast, see verify.passes).
-        weak = [e for e in found if mcfg.verify_min_significance <= e.significance
-                < mcfg.min_significance and e.score >= mcfg.min_score] \
+        weak = [e for e in found if mcfg.weakest_checked <= e.significance
+                < mcfg.min_significance and e.score >= mcfg.candidate_min_score] \
             if mcfg.verifies and lm.audio is not None else []
-        found = [e for e in found if e.contrast >= mcfg.min_contrast]
+        found = [e for e in found if e.contrast >= mcfg.min_contrast and e.score >= mcfg.min_score]
         # Ties in score (the same audio in two catalogue recordings, e.g. a remaster)
         # go to the more significant one, whatever order the files were indexed in.
         def rank(e) -> tuple:
@@ -407,7 +407,8 @@ class Index:
             check = verify.verify_segment(y, m.query_start, m.query_end,
                                           m.reference.path, m.reference_start, m.speed,
                                           m.pitch_semitones, self.config)
-            if verify.passes(check, mcfg, contrast=e.contrast):
+            if verify.passes(check, mcfg, contrast=e.contrast, significance=e.significance,
+                             score=e.score):
                 out.append((e, dataclasses.replace(m, verified=check)))
         return out
 
