@@ -446,6 +446,30 @@ def test_verification_finds_a_recording_under_a_loud_mix(catalogue, index):
     assert not [x for x in index.match_audio(y, SR, closed).matches if track_of(x) == name]
 
 
+def test_a_use_under_the_landmark_floor_is_found_by_its_peaks(catalogue, index):
+    """3 s of a recording under other music twice as loud leave it 8 aligned landmarks,
+    under the 10 a match needs: with nothing significant in the query, such a candidate
+    is still checked on the audio, and reported where its peaks stand out; without that
+    tier (candidates need 10 landmarks, as before) it is not."""
+    name = "track01.wav"
+    y, ref_start = catalogue.excerpt(name, 20.0, 3.0)
+    query = catalogue.other_song(NON_CATALOGUE_SEEDS[1], 20.0).copy()
+    at = 8.0
+    a = int(at * SR)
+    query *= 2.0 * np.std(y) / np.std(query[a:a + y.shape[0]])     # the other music: +6 dB
+    query[a:a + y.shape[0]] += y
+    query = query.astype(np.float32)
+    mcfg = MATCH_PRESETS["default"]
+    res = index.match_audio(query, SR, mcfg)
+    m = [x for x in res.matches if track_of(x) == name][0]
+    assert m.score < mcfg.min_score and m.significance < mcfg.min_significance
+    assert abs(alignment_offset(m) - (ref_start - at)) <= 0.1
+    assert m.verified is not None and m.verified.peaks_z >= mcfg.verify_min_peaks_z
+    assert abs(m.query_start - at) <= 0.5, m.query_start
+    floor = mcfg.with_(verify_min_score=mcfg.min_score)
+    assert not [x for x in index.match_audio(query, SR, floor).matches if track_of(x) == name]
+
+
 def test_peak_check_needs_the_right_alignment_and_recording(catalogue):
     """The peak statistic of an excerpt under noise stands out at its own alignment only:
     not a second off, not against another recording, not through the wrong pitch."""
