@@ -112,6 +112,12 @@ PEAK_TOLERANCE_BINS = 1
 #: Peaks: fewest null alignments for a spread (a match at the very start or end of its
 #: file has them on one side only).
 MIN_NULL_ALIGNMENTS = 40
+#: Peaks: fewest peaks of the recording in the compared window for the peak test (its
+#: ``peaks_z`` is ``None`` below).  True alignments on the bench have 36 or more a second
+#: (73 in the 2-s excerpts); a sparse passage with a handful of notes can coincide with
+#: the query at one alignment and nowhere else, which no spread of other alignments
+#: measures.
+MIN_REFERENCE_PEAKS = 50
 
 
 def _spectrogram(y: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
@@ -286,7 +292,8 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
     Returns
     -------
     AudioCheck or None
-        ``correlation``, ``peaks`` and ``peaks_z`` (module docstring); ``None`` when the
+        ``correlation``, ``peaks`` and ``peaks_z`` (module docstring; ``peaks_z`` is
+        ``None`` under :data:`MIN_REFERENCE_PEAKS` peaks of the recording); ``None`` when the
         reference is too short for the null alignments or holds no spectral peak.
 
     Examples
@@ -322,11 +329,19 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
     fraction = np.divide(found, n_peaks, out=np.zeros(lags.shape[0]), where=n_peaks > 0)
     if not n_peaks[near].any():
         return None
-    peaks = float(fraction[near].max())
-    spread = float(fraction[null].std())
-    peaks_z = (peaks - float(fraction[null].mean())) / max(spread, 1e-3)
+    best = int(np.argmax(np.where(near & (n_peaks > 0), fraction, -1.0)))
+    peaks = float(fraction[best])
+    chance = float(fraction[null].mean())
+    # The spread of the null alignments, but never under the binomial spread of a
+    # fraction of this many peaks: a recording with few peaks in the window (a sparse or
+    # quiet passage) can be found nowhere else by chance, and a spread of zero would make
+    # one coincidence stand out without bound.
+    binomial = np.sqrt(max(chance, 1.0 / n_peaks[best]) * (1.0 - chance) / n_peaks[best])
+    spread = max(float(fraction[null].std()), float(binomial), 1e-3)
+    # Too few peaks to tell (peaks come in clusters, one note or hit making several).
+    peaks_z = (peaks - chance) / spread if n_peaks[best] >= MIN_REFERENCE_PEAKS else None
     return AudioCheck(correlation=round(correlation, 4), peaks=round(peaks, 4),
-                      peaks_z=round(peaks_z, 2))
+                      peaks_z=None if peaks_z is None else round(peaks_z, 2))
 
 
 def _read_reference(path: str | os.PathLike, start_seconds: float, seconds: float,

@@ -470,6 +470,41 @@ def test_a_use_under_the_landmark_floor_is_found_by_its_peaks(catalogue, index):
     assert not [x for x in index.match_audio(query, SR, floor).matches if track_of(x) == name]
 
 
+def test_peak_test_abstains_on_a_recording_with_too_few_peaks():
+    """Four short notes over digital silence: a query holding one of them, at its place,
+    has most of the window's few peaks and none at any other alignment, so their spread
+    is zero and the note would stand out without bound (z 714 before the guard).  The
+    peak test abstains there, and the candidate cannot pass on it."""
+    from earmark.fingerprint.config import DEFAULT
+    from earmark.synth import synth_song
+    from earmark.verify import NULL_MAX_LAG_SECONDS, check_alignment, passes
+
+    sr = DEFAULT.sr
+
+    def note(y: np.ndarray, at: float, hz: float) -> None:
+        n = int(0.15 * sr)
+        a = int(at * sr)
+        y[a:a + n] += 0.5 * np.sin(2 * np.pi * hz * np.arange(n) / sr) * np.hanning(n)
+
+    reference = np.zeros(12 * sr, np.float32)
+    for at, hz in ((3.0, 440.0), (5.0, 660.0), (7.0, 1234.0), (9.0, 300.0)):
+        note(reference, at, hz)
+    query = np.zeros(6 * sr, np.float32)
+    note(query, 3.0 - NULL_MAX_LAG_SECONDS, 440.0)          # the first note, at its place
+    check = check_alignment(query, reference, 1.0, 0.0, DEFAULT)
+    assert check is not None and check.peaks > 0.5 and check.peaks_z is None
+    assert not passes(check, MATCH_PRESETS["default"])
+    # The same window with every note: still too few peaks to tell by peaks, while the
+    # audio is plainly the same (correlation 1.0).
+    whole = reference[int(NULL_MAX_LAG_SECONDS * sr):][:6 * sr]
+    full = check_alignment(whole, reference, 1.0, 0.0, DEFAULT)
+    assert full.peaks_z is None and full.peaks == 1.0 and full.correlation > 0.99
+    # Music has far more: 5 s of a synthetic song are tested.
+    song = synth_song(seed=5, seconds=12.0, sr=sr)
+    music = check_alignment(song[2 * sr:7 * sr], song, 1.0, 0.0, DEFAULT)
+    assert music.peaks_z is not None and music.peaks_z > 10
+
+
 def test_peak_check_needs_the_right_alignment_and_recording(catalogue):
     """The peak statistic of an excerpt under noise stands out at its own alignment only:
     not a second off, not against another recording, not through the wrong pitch."""
