@@ -255,6 +255,22 @@ def test_manifest_without_path_column_is_an_error(env, tmp_path):
 # --------------------------------------------------------------------------- resume
 
 
+def test_one_or_two_workers_give_identical_results(env, scanned, tmp_path):
+    """The same batch with one worker (voting on every core's thread) and with two
+    workers (sharing the cores): every match is the same, to the last field."""
+    results = {r.path: r for r in scan([scanned["in"]], tmp_path / "out", index=env["index"],
+                                       jobs=1, mcfg=MCFG)}
+    assert results.keys() == {r.path for r in scanned["results"]}
+    flagged = 0
+    for two in scanned["results"]:
+        one = results[two.path]
+        assert (one.ok, one.flagged, one.error) == (two.ok, two.flagged, two.error)
+        if two.ok:
+            assert one.record["matches"] == two.record["matches"], two.path
+            flagged += bool(two.flagged)
+    assert flagged == 3
+
+
 def test_rerun_resumes_copies_duplicates_and_keeps_errors_final(env, scanned, tmp_path):
     import shutil
 
