@@ -786,7 +786,6 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     n_threads = max(1, min(mcfg.threads or (os.cpu_count() or 1), n_h))
     # Candidates the audio check may still accept are weaker than a match's floor.
     min_score = mcfg.candidate_min_score
-    prefilter_significance = VERIFY_PREFILTER_FRACTION * mcfg.verify_peaks_min_significance
     if coarse is not None and mcfg.refine_hypotheses > 0 and n_h > 1 + mcfg.refine_hypotheses:
         # Coarse to fine: vote the whole grid with the strongest landmarks, then the
         # strongest transforms that identity does not explain with all of them.
@@ -827,12 +826,13 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             hyp_s, hyp_p, segments, n_threads, mcfg)
     track_best: dict[int, int] = {}
     # Contrast is against recordings that reach a match's floor, whatever else is kept.
-    strong = cands[cands[:, 0] >= mcfg.min_score]
-    if strong.shape[0]:
-        order_t = np.lexsort((-strong[:, 0], strong[:, 2]))
-        tracks_sorted = strong[order_t, 2]
+    at_floor = cands[cands[:, 0] >= mcfg.min_score]
+    if at_floor.shape[0]:
+        order_t = np.lexsort((-at_floor[:, 0], at_floor[:, 2]))
+        tracks_sorted = at_floor[order_t, 2]
         first = np.concatenate([[True], tracks_sorted[1:] != tracks_sorted[:-1]])
-        track_best = {int(t): int(v) for t, v in zip(tracks_sorted[first], strong[order_t, 0][first])}
+        track_best = {int(t): int(v)
+                      for t, v in zip(tracks_sorted[first], at_floor[order_t, 0][first])}
     if cands.shape[0] == 0:
         return []
     # Strongest first; ties broken deterministically (hypothesis, track, offset, segment).
@@ -855,8 +855,9 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     # clean 10-s query ~25 % more time).
     strong = (top[:, 0] >= mcfg.min_score) & passes_prefilter(
         PREFILTER_FRACTION * mcfg.min_significance)
-    weak = ~strong & passes_prefilter(prefilter_significance) if mcfg.verifies \
-        else np.zeros(top.shape[0], dtype=bool)
+    weak = ~strong & passes_prefilter(VERIFY_PREFILTER_FRACTION
+                                      * mcfg.verify_peaks_min_significance) \
+        if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
     candidates = [(row, 0) for row in top[strong].tolist()]
     candidates += [(row, 1) for row in top[weak].tolist()]
     budget = [max_refine, VERIFY_MAX_REFINE]
