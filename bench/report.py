@@ -329,6 +329,19 @@ def compare_results(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
 # =============================================================================== markdown
 
 
+def _counts_per_row(doc: dict[str, Any], systems: list[str], key: str) -> list[str]:
+    """Per system, ``"<label> <total> (<row> <count>, ...)"`` of an accuracy-row count
+    (``other_master``, ``verified``), for the systems that have any."""
+    out = []
+    for s in systems:
+        per_row = {t: row[key] for t, row in doc.get("accuracy", {}).get(s, {}).items()
+                   if row.get(key)}
+        if per_row:
+            out.append(f"{_label(doc, s)} {sum(per_row.values())} ("
+                       + ", ".join(f"{t} {k}" for t, k in per_row.items()) + ")")
+    return out
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     """``results.md``: tables ready to paste into a README."""
     m = doc.get("machine", {})
@@ -377,19 +390,19 @@ def render_markdown(doc: dict[str, Any]) -> str:
             r.append(f"{_pct(pr.get('hit_at_1'))} ({pr['n']})" if pr else "–")
         rows.append(r)
     L.append(_table(header, rows) + "\n")
-    masters = []
-    for s in systems:
-        per_row = {t: row.get("other_master", 0) for t, row in acc.get(s, {}).items()
-                   if row.get("other_master")}
-        if per_row:
-            masters.append(f"{_label(doc, s)} {sum(per_row.values())} ("
-                           + ", ".join(f"{t} {k}" for t, k in per_row.items()) + ")")
+    masters = _counts_per_row(doc, systems, "other_master")
     if masters:
         from earmark.bench.runner import MASTER_MIN_CORR
 
         L.append("Hits on another master of the right recording (time-frequency correlation "
                  f"≥ {MASTER_MIN_CORR} with the right file at the true place; without them "
                  "hit@1 is lower by that many queries): " + "; ".join(masters) + ".\n")
+
+    verified = _counts_per_row(doc, systems, "verified")
+    if verified:
+        L.append("Hits through audio verification (landmark evidence under the threshold, "
+                 "checked against the catalogue file; see `earmark.verify`): "
+                 + "; ".join(verified) + ".\n")
 
     neg = doc.get("negatives", {})
     if neg:

@@ -556,6 +556,8 @@ def score_result(spec: QuerySpec, result: QueryResult, system: str = "earmark",
         rec["top_reference"] = top.reference.path
         rec["score"] = int(top.score)
         rec["significance"] = float(top.significance)
+        if top.verified is not None:    # under the threshold, passed on the audio
+            rec["verified"] = top.verified.to_dict()
     if spec.kind == "negative":
         rec["false_positive"] = top is not None
         return rec
@@ -640,7 +642,7 @@ def _base_record(spec: QuerySpec, system: str) -> dict[str, Any]:
             "wrong": False, "false_positive": False, "offset_ok": None, "offset_exact": None,
             "located_ok": None, "speed_err": None, "pitch_err": None, "score": None,
             "significance": None, "top_reference": None, "n_matches": 0, "error": None,
-            "latency_ms": None}
+            "latency_ms": None, "verified": None}
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -660,6 +662,7 @@ def summarise_transform(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "n": n, "hits": len(hits), "hit_at_1": len(hits) / n if n else None,
         "other_master": sum(1 for r in hits if r.get("other_master")),
+        "verified": sum(1 for r in hits if r.get("verified")),
         "wrong": sum(1 for r in records if r["wrong"]),
         "offset_ok": _frac([r["offset_ok"] for r in hits]),
         "offset_exact": _frac([r["offset_exact"] for r in hits]),

@@ -4,6 +4,7 @@ synthetic scale index."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -95,6 +96,29 @@ def test_scorer_speed_pitch_embed_and_negatives():
     emb = summ["accuracy"]["earmark"]["embed_5s_in_30s"]
     assert emb["hit_at_1"] == 1.0 and emb["located_ok"] == pytest.approx(0.5)
     assert summ["accuracy"]["earmark"]["speed_1.25"]["speed_within_1pct"] == 1.0
+
+
+def test_hits_through_audio_verification_are_counted_and_reported():
+    """A top match that passed on the audio (its ``verified`` check) is recorded with the
+    check, counted per row among the hits, and named in the report; a verified match of
+    the wrong recording is not a hit and is not counted."""
+    from earmark.evidence import AudioCheck
+
+    check = AudioCheck(correlation=0.3, peaks=0.4, peaks_z=12.5)
+    s = _spec("v", transform="mix_0db", family="mix")
+    verified = score_result(s, _res("v", dataclasses.replace(_match(CAT, 30.0, score=8, sig=7.0),
+                                                             verified=check)))
+    plain = score_result(_spec("p", transform="mix_0db", family="mix"), _res("p", _match(CAT, 30.0)))
+    wrong = score_result(_spec("w", transform="mix_0db", family="mix"),
+                         _res("w", dataclasses.replace(_match(OTHER, 3.0), verified=check)))
+    assert verified["hit"] and verified["verified"] == check.to_dict()
+    assert plain["hit"] and plain["verified"] is None and not wrong["hit"]
+    doc = summarise([verified, plain, wrong])
+    assert doc["accuracy"]["earmark"]["mix_0db"]["verified"] == 1
+    md = report.render_markdown(doc)
+    assert "Hits through audio verification" in md and "mix_0db 1" in md
+    doc["accuracy"]["earmark"]["mix_0db"]["verified"] = 0
+    assert "Hits through audio verification" not in report.render_markdown(doc)
 
 
 def test_repeat_aware_offset(tmp_path):
