@@ -156,11 +156,16 @@ def _near_query_peaks(query_spec: np.ndarray) -> np.ndarray:
                               PEAK_TOLERANCE_BINS)
 
 
+def _mapped_frames(n_query_frames: int, speed: float) -> np.ndarray:
+    """Reference frame (before any lag) of each query frame under ``speed``."""
+    return np.round(np.arange(n_query_frames) * speed).astype(np.int64)
+
+
 def _found_per_frame(q_near: np.ndarray, r_peaks: np.ndarray, speed: float, lag: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Per query frame: the reference's peaks at the mapped frame (+ ``lag``) and how
     many of them have a query peak near them (``q_near``: dilated query peaks)."""
-    ref_frames = np.round(np.arange(q_near.shape[0]) * speed).astype(np.int64) + lag
+    ref_frames = _mapped_frames(q_near.shape[0], speed) + lag
     inside = (ref_frames >= 0) & (ref_frames < r_peaks.shape[0])
     n = np.zeros(q_near.shape[0])
     found = np.zeros(q_near.shape[0])
@@ -221,7 +226,7 @@ def _lag_frames(n_query_frames: int, n_reference_frames: int, speed: float,
                 lags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reference frame of each query frame for each lag that fits: ``(lags, frames)``
     with ``frames[l, i] = lags[l] + round(i * speed)``."""
-    ref_frames = np.round(np.arange(n_query_frames) * speed).astype(np.int64)
+    ref_frames = _mapped_frames(n_query_frames, speed)
     fits = lags + ref_frames[-1] < n_reference_frames
     lags = lags[fits]
     return lags, lags[:, None] + ref_frames[None, :]
@@ -323,9 +328,8 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
 
     query_near_peak = _near_query_peaks(q)
     reference_peaks = spectral_peaks(r)
-    ref_frames = np.round(np.arange(q.shape[0]) * speed).astype(np.int64)
-    n_peaks, found = _found_per_lag(query_near_peak, reference_peaks, ref_frames,
-                                    lags.astype(np.int64))
+    n_peaks, found = _found_per_lag(query_near_peak, reference_peaks,
+                                    _mapped_frames(q.shape[0], speed), lags.astype(np.int64))
     fraction = np.divide(found, n_peaks, out=np.zeros(lags.shape[0]), where=n_peaks > 0)
     if not n_peaks[near].any():
         return None

@@ -368,9 +368,9 @@ class Index:
         # their contrast: the peak test compares the alignment with other alignments of
         # the same two signals, which is what contrast approximates with other recordings
         # (the correlation test still asks for the contrast, see verify.passes).
+        # (The search keeps nothing under ``mcfg.candidate_min_score`` landmarks.)
         weak = [e for e in found if mcfg.weakest_checked <= e.significance
-                < mcfg.min_significance and e.score >= mcfg.candidate_min_score] \
-            if mcfg.verifies and lm.audio is not None else []
+                < mcfg.min_significance] if mcfg.verifies and lm.audio is not None else []
         found = [e for e in found if e.contrast >= mcfg.min_contrast and e.score >= mcfg.min_score]
         # Ties in score (the same audio in two catalogue recordings, e.g. a remaster)
         # go to the more significant one, whatever order the files were indexed in.
