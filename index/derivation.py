@@ -917,6 +917,15 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
     tempos = np.exp(step * np.arange(centre - half, centre + half + 1))
     # the patch-centre offset of the votes equals the patch-start offset t - r qs
     offs = h.offset + 0.5 * OFFSET_BIN + np.arange(-offset_span, offset_span + 1e-9, offset_step)
+    # Only the catalogue patches some (tempo, offset) of the lattice can overlap are
+    # scored; the rest of a long track would be (T, O, n_ref) work that is never used.
+    # Patch start t overlaps when  b - 0.05 r <= t <= b + r (dur + 0.05) - W; the bounds
+    # are widened by a second (float32 starts), and every test below stays exact.
+    first_ref, end_ref = np.searchsorted(
+        starts, [offs.min() - 0.05 * tempos.max() - 1.0,
+                 offs.max() + tempos.max() * (dur + 0.05) - W + 1.0])
+    all_starts, all_vecs = starts, vecs
+    starts, vecs = starts[first_ref:end_ref], vecs[first_ref:end_ref]
     R = tempos[:, None, None]
     qs = (starts[None, None, :] - offs[None, :, None]) / R        # (T, O, n_ref)
     ok = (qs >= -0.05) & (qs + W / R <= dur + 0.05)
@@ -982,7 +991,8 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
                     q_start=np.asarray(q_start, np.float64),
                     r_start=starts[r_idx].astype(np.float64),
                     sims=np.asarray(best_sims, np.float64),
-                    background=_background(sampler, dur, starts, vecs, r_best, off_best, h.key))
+                    background=_background(sampler, dur, all_starts, all_vecs, r_best, off_best,
+                                               h.key))
 
 
 def _background(sampler, dur: float, starts: np.ndarray, vecs: np.ndarray, r: float,
