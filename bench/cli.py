@@ -46,7 +46,9 @@ def bench_cmd() -> None:
 @click.option("--quick", is_flag=True, help="~2 min smoke run (subset of transforms and catalogue).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--transform", "transforms", multiple=True,
-              help="Transform name or family (repeatable; default: all).")
+              help="Transform name or family (repeatable; default: every transform with a target). "
+                   "'extended': the transforms no target names (EQ, dynamics, heavy room, "
+                   "wobbling speed, chopped samples, ...).")
 @click.option("--queries", "n_queries", type=click.IntRange(1, 100000), default=None,
               help="Excerpts per transform (default 60, quick 12).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,

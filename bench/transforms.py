@@ -49,6 +49,8 @@ __all__ = [
     "TransformContext",
     "TransformOutput",
     "TRANSFORMS",
+    "EXTENDED",
+    "EXTENDED_SET",
     "QUICK_SET",
     "register",
     "get_transforms",
@@ -67,6 +69,10 @@ __all__ = [
     "griffin_lim_resynth",
     "embed_excerpt",
     "peak_normalise",
+    "wow_flutter",
+    "speed_drift",
+    "chop",
+    "pedalboard_effect",
 ]
 
 #: Peak level outputs are scaled down to when they would clip.
@@ -604,6 +610,71 @@ def shift_pitch_phase_vocoder(y: np.ndarray, sr: int, *, semitones: float) -> np
     return _fit_length(np.asarray(out, dtype=np.float32), len(y))
 
 
+
+# ----------------------------------------------------------------------------- time warps, edits, effects
+
+
+def wow_flutter(y: np.ndarray, sr: int, *, depth: float = 0.006, rate_hz: float = 0.7) -> np.ndarray:
+    """Periodic speed wobble (tape or vinyl wow): the playback speed swings between
+    ``1 - depth`` and ``1 + depth`` at ``rate_hz``, so time *and* pitch drift back and
+    forth around the original; same length as ``y``.
+
+    >>> import numpy as np
+    >>> y = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32)
+    >>> out = wow_flutter(y, 22050)
+    >>> out.shape == y.shape and out.dtype == np.float32
+    True
+    """
+    y = np.asarray(y, dtype=np.float32)
+    t = np.arange(len(y)) / float(sr)
+    # read position: integral of 1 + depth * cos(2 pi f t)
+    pos = t + depth / (2 * np.pi * rate_hz) * np.sin(2 * np.pi * rate_hz * t)
+    return np.interp(np.clip(pos, 0.0, t[-1] if len(t) else 0.0), t, y).astype(np.float32)
+
+
+def speed_drift(y: np.ndarray, sr: int, *, end_speed: float) -> np.ndarray:
+    """Playback speed gliding linearly from 1 to ``end_speed`` over the output (a DJ
+    nudging the pitch fader, a tempo ramp): tempo and pitch change together, as in
+    :func:`change_speed`, but not at one rate.  The output has ``len(y) / mean speed``
+    samples, the mean speed being ``(1 + end_speed) / 2``."""
+    y = np.asarray(y, dtype=np.float32)
+    mean = 0.5 * (1.0 + end_speed)
+    n_out = int(round(len(y) / mean))
+    if n_out < 2 or len(y) < 2:
+        return _fit_length(y, n_out)
+    speed = np.linspace(1.0, end_speed, n_out)
+    pos = np.concatenate([[0.0], np.cumsum(speed[:-1])])      # input samples read so far
+    return np.interp(np.clip(pos, 0, len(y) - 1), np.arange(len(y)), y).astype(np.float32)
+
+
+def chop(y: np.ndarray, sr: int, *, piece_seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Cut ``y`` into pieces of ``piece_seconds`` and put them back in a random order (a
+    producer chopping a sample), with 5 ms fades at the cuts; same length as ``y``."""
+    y = np.asarray(y, dtype=np.float32)
+    n = max(1, int(round(piece_seconds * sr)))
+    pieces = [y[i:i + n].copy() for i in range(0, len(y), n)]
+    fade = min(int(0.005 * sr), n // 4)
+    if fade > 0:
+        ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+        for p in pieces:
+            if len(p) > 2 * fade:
+                p[:fade] *= ramp
+                p[-fade:] *= ramp[::-1]
+    order = rng.permutation(len(pieces))
+    return np.concatenate([pieces[i] for i in order]) if pieces else y.copy()
+
+
+def pedalboard_effect(y: np.ndarray, sr: int, *plugins) -> np.ndarray:
+    """``y`` through a chain of :mod:`pedalboard` plugins (EQ, dynamics, distortion,
+    modulation); same length as ``y``."""
+    from pedalboard import Pedalboard
+
+    y = np.asarray(y, dtype=np.float32)
+    if len(y) == 0:
+        return y.copy()
+    return _fit_length(np.asarray(Pedalboard(list(plugins))(y, sr), np.float32).reshape(-1), len(y))
+
+
 # ----------------------------------------------------------------------------- vocoder stand-in
 
 
@@ -803,17 +874,26 @@ def _t_chain(*fns: ApplyFn) -> ApplyFn:
 # ----------------------------------------------------------------------------- registry
 
 TRANSFORMS: dict[str, Transform] = {}
+#: Transforms outside the default run, selected by name or all together as
+#: ``"extended"`` (``fp bench run --transform extended``): kinds of change no target
+#: names (EQ, dynamics, modulation effects, heavy rooms, wobbling speed, chopped samples,
+#: key changes beyond the searched region, lower bitrates), to measure how far the engine
+#: generalises beyond what it was tuned on.
+EXTENDED: dict[str, Transform] = {}
+#: The selection name of :data:`EXTENDED` as a whole.
+EXTENDED_SET = "extended"
 
 
-def register(t: Transform) -> Transform:
-    """Add ``t`` to :data:`TRANSFORMS` (names must be unique) and return it."""
-    if t.name in TRANSFORMS:
+def register(t: Transform, extended: bool = False) -> Transform:
+    """Add ``t`` to :data:`TRANSFORMS` (or to :data:`EXTENDED`; names are unique across
+    both) and return it."""
+    if t.name in TRANSFORMS or t.name in EXTENDED or t.name == EXTENDED_SET:
         raise ValueError(f"transform {t.name!r} is already registered")
     if not t.name or not t.family:
         raise ValueError("a transform needs a name and a family")
     if t.excerpt_seconds <= 0:
         raise ValueError(f"transform {t.name!r}: excerpt_seconds must be > 0")
-    TRANSFORMS[t.name] = t
+    (EXTENDED if extended else TRANSFORMS)[t.name] = t
     return t
 
 
@@ -823,8 +903,10 @@ def get_transforms(names_or_families: Iterable[str] | None = None) -> list[Trans
     Parameters
     ----------
     names_or_families : iterable of str or None
-        Transform names (``"speed_1.25"``) and/or families (``"speed"``); ``None`` selects
-        the whole registry in registration order.  A single string is treated as one item.
+        Transform names (``"speed_1.25"``) and/or families (``"speed"``) of the default
+        registry, names of :data:`EXTENDED` transforms, and ``"extended"`` for all of
+        those; ``None`` selects the default registry in registration order.  A single
+        string is treated as one item.
 
     Raises
     ------
@@ -839,18 +921,19 @@ def get_transforms(names_or_families: Iterable[str] | None = None) -> list[Trans
     families: dict[str, list[Transform]] = {}
     for t in TRANSFORMS.values():
         families.setdefault(t.family, []).append(t)
+    families[EXTENDED_SET] = list(EXTENDED.values())
     out: list[Transform] = []
     seen: set[str] = set()
     for item in names_or_families:
         key = str(item).strip()
-        if key in TRANSFORMS:
-            picked = [TRANSFORMS[key]]
+        if key in TRANSFORMS or key in EXTENDED:
+            picked = [TRANSFORMS.get(key) or EXTENDED[key]]
         elif key in families:
             picked = families[key]
         else:
             raise ValueError(
-                f"unknown transform or family {key!r}; valid names: {', '.join(TRANSFORMS)}; "
-                f"families: {', '.join(families)}"
+                f"unknown transform or family {key!r}; valid names: "
+                f"{', '.join([*TRANSFORMS, *EXTENDED])}; families: {', '.join(families)}"
             )
         for t in picked:
             if t.name not in seen:
@@ -974,6 +1057,73 @@ def _register_defaults() -> None:
 
 
 _register_defaults()
+
+
+def _t_effect(*plugin_specs) -> ApplyFn:
+    """A pedalboard chain built per call (plugins keep state between calls)."""
+    def fn(y, sr, rng, ctx):
+        import pedalboard
+
+        return pedalboard_effect(y, sr, *(getattr(pedalboard, name)(**kw) for name, kw in plugin_specs))
+
+    return fn
+
+
+def _register_extended() -> None:
+    q = QUERY_SECONDS
+
+    def add(name, family, apply, description, seconds=q, **truth):
+        register(Transform(name, family, seconds, apply, description=description, **truth),
+                 extended=True)
+
+    add("eq_highpass_1k", "eq", _t_effect(("HighpassFilter", {"cutoff_frequency_hz": 1000.0})),
+        "high-pass at 1 kHz (no bass, no fundamentals of low voices)")
+    add("eq_lowpass_1500", "eq", _t_effect(("LowpassFilter", {"cutoff_frequency_hz": 1500.0})),
+        "low-pass at 1.5 kHz (muffled)")
+    add("eq_bass_boost_12db", "eq", _t_effect(("LowShelfFilter", {"cutoff_frequency_hz": 200.0,
+                                                                   "gain_db": 12.0})),
+        "low shelf +12 dB under 200 Hz")
+    add("compress_heavy", "dynamics",
+        _t_effect(("Compressor", {"threshold_db": -35.0, "ratio": 12.0, "attack_ms": 1.0,
+                                  "release_ms": 50.0}), ("Gain", {"gain_db": 18.0}),
+                  ("Limiter", {"threshold_db": -1.0})),
+        "compressor 12:1 from -35 dB, +18 dB make-up, limiter")
+    add("distortion_25db", "dynamics", _t_effect(("Distortion", {"drive_db": 25.0})),
+        "tanh distortion, 25 dB drive")
+    add("bitcrush_6bit", "dynamics", _t_effect(("Bitcrush", {"bit_depth": 6.0})),
+        "6-bit quantisation")
+    add("chorus", "modulation", _t_effect(("Chorus", {"rate_hz": 1.5, "depth": 0.5,
+                                                     "centre_delay_ms": 7.0, "feedback": 0.3,
+                                                     "mix": 0.5})),
+        "chorus, 50 % mix")
+    add("phaser", "modulation", _t_effect(("Phaser", {})), "phaser (pedalboard defaults)")
+    add("mp3_32k", "codec", _t_codec("mp3", 32), "MP3 32 kbps CBR round-trip")
+    add("opus_12k", "codec", _t_codec("opus", 12), "Opus 12 kbps round-trip")
+    add("wow_flutter", "timewarp", lambda y, sr, rng, ctx: wow_flutter(y, sr),
+        "speed wobbling +-0.6 % at 0.7 Hz (tape or vinyl wow)")
+    add("speed_drift_+6", "timewarp", lambda y, sr, rng, ctx: speed_drift(y, sr, end_speed=1.06),
+        "speed gliding from x1.00 to x1.06 (tempo and pitch)", seconds=q * 1.03, speed=1.03,
+        pitch_semitones=12.0 * math.log2(1.03))
+    add("reverb_heavy", "reverb",
+        lambda y, sr, rng, ctx: reverb(y, sr, room_size=0.9, wet_level=0.8, dry_level=0.4),
+        "very large room, reverb twice as loud as the direct sound (Freeverb)")
+    add("nightcore", "chain", _t_chain(_t_speed(1.25), _t_reverb), "sped up x1.25 + reverb",
+        seconds=q * 1.25, speed=1.25, pitch_semitones=12.0 * math.log2(1.25))
+    add("tempokey_-10_+5", "tempokey", _t_chain(_t_tempo(0.9), _t_pitch(5.0)),
+        "tempo -10 % and key +5 semitones (beyond the searched tempo-and-key region)",
+        seconds=q * 0.9, speed=0.9, pitch_semitones=5.0)
+    add("pv_tempo_+10", "phasevocoder", _t_tempo_pv(1.1),
+        "tempo +10 %, pitch kept, librosa phase vocoder", seconds=q * 1.1, speed=1.1)
+    add("pv_pitch_+2", "phasevocoder", _t_pitch_pv(2.0),
+        "pitch +2 semitones, tempo kept, librosa phase vocoder", pitch_semitones=2.0)
+    add("chop_1s", "edit", lambda y, sr, rng, ctx: chop(y, sr, piece_seconds=1.0, rng=rng),
+        "1 s pieces of the excerpt in a random order (a chopped sample)")
+    add("embed_tempo_+10_6db", "embed", _t_chain(_t_tempo(1.1), _t_embed(30.0, 6.0)),
+        "5 s excerpt at tempo +10 % in 30 s of other music, 6 dB over it", seconds=5.5,
+        speed=1.1, embed_offset=math.nan)
+
+
+_register_extended()
 
 #: A small representative subset for ``--quick`` runs.
 QUICK_SET: tuple[str, ...] = (

@@ -11,6 +11,7 @@ from scipy.signal import correlate, find_peaks, welch
 
 from earmark.bench import transforms as T
 from earmark.bench.transforms import (
+    EXTENDED,
     QUICK_SET,
     TRANSFORMS,
     Transform,
@@ -113,9 +114,12 @@ def expected_len(t: Transform, n_in: int, sr: int = SR) -> int:
 # ----------------------------------------------------------------------------- contract (all transforms)
 
 
-@pytest.mark.parametrize("name", list(TRANSFORMS))
+ALL_TRANSFORMS = {**TRANSFORMS, **EXTENDED}
+
+
+@pytest.mark.parametrize("name", list(ALL_TRANSFORMS))
 def test_contract_length_dtype_peak_determinism(name):
-    t = TRANSFORMS[name]
+    t = ALL_TRANSFORMS[name]
     # loud input so that the 0 dB mixes clip and exercise the peak normalisation
     x = music(t.excerpt_seconds, np.random.default_rng(11), peak=0.95)
     a = apply_transform(t, x, SR, np.random.default_rng(7), other_ctx())
@@ -137,10 +141,10 @@ def test_contract_length_dtype_peak_determinism(name):
         assert a.embed_offset == 0.0 and a.transform is t
 
 
-@pytest.mark.parametrize("name", list(TRANSFORMS))
+@pytest.mark.parametrize("name", list(ALL_TRANSFORMS))
 def test_any_excerpt_silence_and_short(name):
     """Nothing assumes catalogue audio: silence and an arbitrary short negative excerpt work."""
-    t = TRANSFORMS[name]
+    t = ALL_TRANSFORMS[name]
     for x in (np.zeros(int(1.5 * SR), np.float32), music(1.3, np.random.default_rng(5), peak=0.01)):
         out = apply_transform(t, x, SR, np.random.default_rng(0), other_ctx())
         assert out.audio.dtype == np.float32 and np.all(np.isfinite(out.audio))
@@ -394,6 +398,55 @@ def test_registry_selection():
     assert [t.name for t in picked] == ["mp3_64k", "opus_24k", "clean_10s"]
     assert [t.name for t in get_transforms("tempo")][:2] == ["tempo_-5", "tempo_+5"]
     assert len(get_transforms(["pitch"])) == 8 and len(get_transforms(["tempo"])) == 6
+
+
+def test_extended_set_is_outside_the_default_run_and_selectable():
+    assert len(EXTENDED) >= 15 and not set(EXTENDED) & set(TRANSFORMS)
+    assert not {t.name for t in get_transforms(None)} & set(EXTENDED)
+    assert [t.name for t in get_transforms("extended")] == list(EXTENDED)
+    picked = get_transforms(["clean_10s", "reverb_heavy", "extended"])
+    assert [t.name for t in picked][:2] == ["clean_10s", "reverb_heavy"]
+    assert len(picked) == 1 + len(EXTENDED)
+    assert [t.name for t in get_transforms(["reverb"])] == ["reverb"]   # default families only
+    with pytest.raises(ValueError):
+        register(Transform("reverb_heavy", "reverb", 10.0, lambda y, sr, rng, ctx: y))
+    t = EXTENDED["tempokey_-10_+5"]
+    assert (t.speed, t.pitch_semitones, t.excerpt_seconds) == (0.9, 5.0, pytest.approx(9.0))
+    assert EXTENDED["embed_tempo_+10_6db"].embeds
+
+
+def test_speed_drift_glides_from_one_to_the_end_speed():
+    """Clicks 1 s apart come out 1 s apart at the start and 1 / 1.06 s apart at the end."""
+    y = np.zeros(int(10.3 * SR), np.float32)
+    y[np.arange(1, 11) * SR - SR // 2] = 1.0
+    out = T.speed_drift(y, SR, end_speed=1.06)
+    assert len(out) == int(round(len(y) / 1.03))
+    found = np.flatnonzero(out > 0.3)
+    found = found[np.concatenate([[True], np.diff(found) > 10])] / SR
+    gaps = np.diff(found)
+    assert gaps[0] == pytest.approx(1.0 / 1.003, abs=0.01)    # speed ~1.003 around 1 s
+    assert gaps[-1] == pytest.approx(1.0 / 1.055, abs=0.01)   # ~1.055 near the end
+    assert np.all(np.diff(gaps) < 0)                          # ever faster
+
+
+def test_wow_flutter_wobbles_pitch_by_its_depth():
+    """A 1 kHz tone comes out between 1000 (1 - depth) and 1000 (1 + depth) Hz."""
+    y = tone(1000.0, 4.0)
+    out = T.wow_flutter(y, SR, depth=0.02, rate_hz=0.5)
+    assert out.shape == y.shape
+    zero_up = np.flatnonzero((out[:-1] < 0) & (out[1:] >= 0))
+    freq = SR / np.diff(zero_up[:: 50]) * 50                  # over 50 cycles
+    assert freq.max() == pytest.approx(1020, abs=4) and freq.min() == pytest.approx(980, abs=4)
+
+
+def test_chop_reorders_whole_pieces():
+    y = np.repeat(np.arange(10, dtype=np.float32) + 1.0, SR)  # piece k holds the value k + 1
+    out = T.chop(y, SR, piece_seconds=1.0, rng=np.random.default_rng(3))
+    assert out.shape == y.shape
+    middles = out[SR // 2 :: SR]
+    assert sorted(middles.tolist()) == list(range(1, 11)) and middles.tolist() != list(range(1, 11))
+    again = T.chop(y, SR, piece_seconds=1.0, rng=np.random.default_rng(3))
+    assert np.array_equal(out, again)
 
 
 def test_unknown_name_raises_one_line_listing_valid_names():
