@@ -284,7 +284,7 @@ def _make_queries(job: tuple[str, list[QuerySpec], str, list[tuple[str, float]]]
     try:
         import soundfile as sf
 
-        from earmark.bench.transforms import TRANSFORMS, TransformContext, apply_transform
+        from earmark.bench.transforms import TransformContext, apply_transform, transform_named
         from earmark.fingerprint import audio as audio_io
 
         ctx = TransformContext(other_audio=_other_audio_factory(negatives))
@@ -293,7 +293,7 @@ def _make_queries(job: tuple[str, list[QuerySpec], str, list[tuple[str, float]]]
             y = audio_io.load_audio(source, QUERY_SR)
         out = []
         for s in specs:
-            t = TRANSFORMS[s.transform]
+            t = transform_named(s.transform)
             n = int(round(s.excerpt_seconds * QUERY_SR))
             if source.startswith("noise:"):
                 from earmark.synth import synth_noise

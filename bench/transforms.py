@@ -54,6 +54,7 @@ __all__ = [
     "QUICK_SET",
     "register",
     "get_transforms",
+    "transform_named",
     "apply_transform",
     "add_noise",
     "colored_noise",
@@ -895,6 +896,14 @@ def register(t: Transform, extended: bool = False) -> Transform:
         raise ValueError(f"transform {t.name!r}: excerpt_seconds must be > 0")
     (EXTENDED if extended else TRANSFORMS)[t.name] = t
     return t
+
+
+def transform_named(name: str) -> Transform:
+    """The registered transform ``name``, default or :data:`EXTENDED` (``KeyError`` if
+    neither has it)."""
+    if name in TRANSFORMS:
+        return TRANSFORMS[name]
+    return EXTENDED[name]
 
 
 def get_transforms(names_or_families: Iterable[str] | None = None) -> list[Transform]:
