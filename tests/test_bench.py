@@ -218,7 +218,8 @@ def test_quick_run_on_synthetic_catalogue(tmp_path):
         sf.write(neg / f"other{i}.wav", synth_song(900 + i, seconds=24.0, sr=22050), 22050)
     out = tmp_path / "out"
     doc = runner.run_bench(cat, neg, out, quick=True, seed=3,
-                           transforms=["clean_10s", "speed_1.1", "embed_5s_in_30s"], n_queries=3,
+                           transforms=["clean_10s", "speed_1.1", "embed_5s_in_30s", "wow_flutter"],
+                           n_queries=3,
                            jobs=2, progress=False, n_negatives=8, cli_queries=1)
     for name in ("results.json", "results.md", "queries.jsonl", "hit_at_1.png", "scores.png",
                  "latency.png"):
@@ -229,9 +230,10 @@ def test_quick_run_on_synthetic_catalogue(tmp_path):
                 "targets", "timings", "systems"):
         assert key in loaded, key
     assert loaded["schema_version"] == report.SCHEMA_VERSION == runner.SCHEMA_VERSION
-    assert loaded["queries"]["n_positive"] == 9 and loaded["queries"]["n_negative"] == 8
+    assert loaded["queries"]["n_positive"] == 12 and loaded["queries"]["n_negative"] == 8
     acc = loaded["accuracy"]["earmark"]
-    assert set(acc) == {"clean_10s", "speed_1.1", "embed_5s_in_30s"}
+    assert set(acc) == {"clean_10s", "speed_1.1", "embed_5s_in_30s", "wow_flutter"}
+    assert acc["wow_flutter"]["hit_at_1"] >= 2 / 3     # an extended transform, by name
     assert acc["clean_10s"]["hit_at_1"] == 1.0 and acc["clean_10s"]["offset_ok"] == 1.0
     assert acc["speed_1.1"]["hit_at_1"] >= 2 / 3
     assert loaded["self_query"]["windows"]["earmark"]["hit_at_1"] == 1.0
@@ -248,7 +250,7 @@ def test_quick_run_on_synthetic_catalogue(tmp_path):
     assert loaded["index"]["bytes_per_audio_second"] > 0
     assert "Accuracy per transform" in (out / "results.md").read_text()
     n_lines = sum(1 for _ in open(out / "queries.jsonl"))
-    assert n_lines == 2 * (9 + 8 + 6)    # two systems x (positives + negatives + self windows)
+    assert n_lines == 2 * (12 + 8 + 6)   # two systems x (positives + negatives + self windows)
     # The same seed plans the same queries (offsets recorded in queries.jsonl).
     from earmark.bench.transforms import get_transforms
     from earmark.index.catalogue import find_audio_files
