@@ -611,7 +611,6 @@ def shift_pitch_phase_vocoder(y: np.ndarray, sr: int, *, semitones: float) -> np
     return _fit_length(np.asarray(out, dtype=np.float32), len(y))
 
 
-
 # ----------------------------------------------------------------------------- time warps, edits, effects
 
 
@@ -627,10 +626,12 @@ def wow_flutter(y: np.ndarray, sr: int, *, depth: float = 0.006, rate_hz: float 
     True
     """
     y = np.asarray(y, dtype=np.float32)
+    if len(y) < 2:
+        return y.copy()
     t = np.arange(len(y)) / float(sr)
     # read position: integral of 1 + depth * cos(2 pi f t)
     pos = t + depth / (2 * np.pi * rate_hz) * np.sin(2 * np.pi * rate_hz * t)
-    return np.interp(np.clip(pos, 0.0, t[-1] if len(t) else 0.0), t, y).astype(np.float32)
+    return np.interp(np.clip(pos, 0.0, t[-1]), t, y).astype(np.float32)
 
 
 def speed_drift(y: np.ndarray, sr: int, *, end_speed: float) -> np.ndarray:

@@ -991,8 +991,8 @@ def refine(q: QueryEmbeddings, store: DerivationStore, h: _Hypothesis,
                     q_start=np.asarray(q_start, np.float64),
                     r_start=starts[r_idx].astype(np.float64),
                     sims=np.asarray(best_sims, np.float64),
-                    background=_background(sampler, dur, all_starts, all_vecs, r_best, off_best,
-                                               h.key))
+                    background=_background(sampler, dur, all_starts, all_vecs, r_best,
+                                           off_best, h.key))
 
 
 def _background(sampler, dur: float, starts: np.ndarray, vecs: np.ndarray, r: float,
