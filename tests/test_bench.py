@@ -187,6 +187,26 @@ def test_peer_scoring():
     assert score_peer_match(n, PeerMatch("n", OTHER, 1.0, 9.0), "peer")["false_positive"] is True
 
 
+def test_targets_judge_default_rows_only():
+    """Extended transforms (here a speed that glides, whose mean is not its local speed,
+    and a room where the peer does better) appear in the tables but never in a target."""
+    row = {"n": 60, "hits": 60, "hit_at_1": 1.0, "offset_ok": 1.0, "speed_within_1pct": 1.0,
+           "pitch_within_025": 1.0}
+    doc = {"accuracy": {"earmark": {"speed_1.1": row,
+                                    "speed_drift_+6": dict(row, speed_within_1pct=0.5),
+                                    "reverb_heavy": dict(row, hit_at_1=0.05)},
+                        "audfprint": {"speed_1.1": {"hit_at_1": 0.2},
+                                      "reverb_heavy": {"hit_at_1": 0.4}}},
+           "peers": {"audfprint": {}}}
+    t = {x["target"]: x for x in report.evaluate_targets(doc)}
+    assert t["speed estimate within 1 % (hits of speed/tempo/pitch rows)"]["value"] == 1.0
+    assert t["higher hit@1 on every row"]["value"] == "1/1"
+    assert t["higher hit@1 on every row"]["pass"] is True
+    doc["accuracy"]["earmark"]["speed_1.1"] = dict(row, speed_within_1pct=0.5)
+    t = {x["target"]: x for x in report.evaluate_targets(doc)}
+    assert t["speed estimate within 1 % (hits of speed/tempo/pitch rows)"]["pass"] is False
+
+
 def test_targets_and_compare():
     doc = {"accuracy": {"earmark": {"clean_5s": {"n": 60, "hits": 60, "hit_at_1": 1.0, "offset_ok": 1.0},
                                     "mix_0db": {"n": 60, "hits": 50, "hit_at_1": 50 / 60, "offset_ok": 0.9}}},
