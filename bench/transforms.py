@@ -937,7 +937,7 @@ def get_transforms(names_or_families: Iterable[str] | None = None) -> list[Trans
     for item in names_or_families:
         key = str(item).strip()
         if key in TRANSFORMS or key in EXTENDED:
-            picked = [TRANSFORMS.get(key) or EXTENDED[key]]
+            picked = [transform_named(key)]
         elif key in families:
             picked = families[key]
         else:
