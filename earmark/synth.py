@@ -40,7 +40,8 @@ def _add(y: np.ndarray, x: np.ndarray, start: int, gain: float) -> None:
         y[start:end] += gain * x[: end - start]
 
 
-def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050) -> np.ndarray:
+def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050,
+               drums: bool = True) -> np.ndarray:
     """A short seeded piece of music (mono float32, peak 0.9).
 
     Parameters
@@ -51,6 +52,10 @@ def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050) -> np.ndarray:
         Length.
     sr : int
         Sample rate, Hz.
+    drums : bool
+        ``False``: the same piece without its drums (a stem separator's "no drums"
+        output): the tonal parts are sample for sample those of the full mix, before
+        the peak normalisation.
     """
     rng = np.random.default_rng(seed)
     n = int(round(seconds * sr))
@@ -100,16 +105,18 @@ def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050) -> np.ndarray:
             _add(y, _note(hz(midi), beat, sr, 8, melody_decay, brightness, lead_profile),
                  at(start + offset), 0.22 * rng.uniform(0.6, 1.0))
         # drums: kick on 1 and 3, snare on 2 and 4, hats every eighth
+        # (drawn whether or not they are kept, so the tonal parts do not depend on it)
+        drum_gain = 1.0 if drums else 0.0
         t = np.arange(int(0.12 * sr)) / sr
         if b % 2 == 0:
             kick = np.sin(2 * np.pi * (kick_hz + 90 * np.exp(-t / 0.03)) * t) * np.exp(-t / 0.05)
-            _add(y, kick.astype(np.float32), at(start), 0.5)
+            _add(y, kick.astype(np.float32), at(start), 0.5 * drum_gain)
         else:
             snare = rng.standard_normal(t.shape[0]) * np.exp(-t / snare_decay)
-            _add(y, snare.astype(np.float32), at(start), 0.15)
+            _add(y, snare.astype(np.float32), at(start), 0.15 * drum_gain)
         for half in range(2):
             hat = np.diff(rng.standard_normal(int(0.03 * sr) + 1)) * np.exp(-np.arange(int(0.03 * sr)) / (0.008 * sr))
-            _add(y, hat.astype(np.float32), at(start + half * beat // 2), 0.05)
+            _add(y, hat.astype(np.float32), at(start + half * beat // 2), 0.05 * drum_gain)
     y /= max(float(np.abs(y).max()), 1e-9) / 0.9
     return y.astype(np.float32)
 
