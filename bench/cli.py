@@ -48,7 +48,7 @@ def bench_cmd() -> None:
 @click.option("--transform", "transforms", multiple=True,
               help="Transform name or family (repeatable; default: every transform with a target). "
                    "'extended': the transforms no target names (EQ, dynamics, heavy room, "
-                   "wobbling speed, chopped samples, ...).")
+                   "wobbling speed, chopped samples, stems, ...).")
 @click.option("--queries", "n_queries", type=click.IntRange(1, 100000), default=None,
               help="Excerpts per transform (default 60, quick 12).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
