@@ -905,8 +905,8 @@ TRANSFORMS: dict[str, Transform] = {}
 #: Transforms outside the default run, selected by name or all together as
 #: ``"extended"`` (``fp bench run --transform extended``): kinds of change no target
 #: names (EQ, dynamics, modulation effects, heavy rooms, wobbling speed, chopped samples,
-#: stems, key changes beyond the searched region, lower bitrates), to measure how far the engine
-#: generalises beyond what it was tuned on.
+#: stems, key changes beyond the searched region, lower bitrates), to measure how far the
+#: engine generalises beyond what it was tuned on.
 EXTENDED: dict[str, Transform] = {}
 #: The selection name of :data:`EXTENDED` as a whole.
 EXTENDED_SET = "extended"

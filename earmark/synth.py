@@ -86,6 +86,7 @@ def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050,
         return 440.0 * 2 ** ((midi - 69 + tuning_cents / 100) / 12)
 
     n_beats = n // beat + 1
+    drum_gain = 1.0 if drums else 0.0
     for b in range(n_beats):
         start = b * beat
         degree = int(progression[(b // 4) % 4])
@@ -104,9 +105,8 @@ def synth_song(seed: int, seconds: float = 30.0, sr: int = 22050,
             offset = int(sub * beat / melody_rate + (swing * beat if sub % 2 else 0))
             _add(y, _note(hz(midi), beat, sr, 8, melody_decay, brightness, lead_profile),
                  at(start + offset), 0.22 * rng.uniform(0.6, 1.0))
-        # drums: kick on 1 and 3, snare on 2 and 4, hats every eighth
-        # (drawn whether or not they are kept, so the tonal parts do not depend on it)
-        drum_gain = 1.0 if drums else 0.0
+        # drums: kick on 1 and 3, snare on 2 and 4, hats every eighth (drawn whether or
+        # not they are kept, so the tonal parts do not depend on ``drums``)
         t = np.arange(int(0.12 * sr)) / sr
         if b % 2 == 0:
             kick = np.sin(2 * np.pi * (kick_hz + 90 * np.exp(-t / 0.03)) * t) * np.exp(-t / 0.05)
