@@ -73,6 +73,7 @@ __all__ = [
     "wow_flutter",
     "speed_drift",
     "chop",
+    "stem",
     "pedalboard_effect",
 ]
 
