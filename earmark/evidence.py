@@ -76,22 +76,36 @@ class AudioCheck:
     peaks_z : float or None
         How far ``peaks`` stands above the same fraction at other alignments of the two
         signals (0.3-2 s away), in standard deviations of those.
+    coherence : float or None
+        Phase coherence of the query with the catalogue file's waveform at the alignment,
+        in [0, 1] (mean over 60 Hz-3.6 kHz); ``None`` for a match with a speed or pitch
+        change, which is not compared sample for sample.
+    coherence_z : float or None
+        How far ``coherence`` stands above the coherence at the same other alignments.
     """
 
     correlation: float
     peaks: float | None = None
     peaks_z: float | None = None
+    coherence: float | None = None
+    coherence_z: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
+        def rounded(v: float | None, digits: int) -> float | None:
+            return None if v is None else round(float(v), digits)
+
         return {"correlation": round(float(self.correlation), 3),
-                "peaks": None if self.peaks is None else round(float(self.peaks), 3),
-                "peaks_z": None if self.peaks_z is None else round(float(self.peaks_z), 2)}
+                "peaks": rounded(self.peaks, 3), "peaks_z": rounded(self.peaks_z, 2),
+                "coherence": rounded(self.coherence, 3),
+                "coherence_z": rounded(self.coherence_z, 2)}
 
     def summary(self) -> str:
-        """One short line: ``"peaks 58 % (z 20.6), corr. 0.51"``."""
+        """One short line: ``"waveform 0.49 (z 93.3), peaks 58 % (z 20.6), corr. 0.51"``."""
+        waveform = "" if self.coherence is None or self.coherence_z is None else \
+            f"waveform {self.coherence:.2f} (z {self.coherence_z:.1f}), "
         peaks = "" if self.peaks is None or self.peaks_z is None else \
             f"peaks {100 * self.peaks:.0f} % (z {self.peaks_z:.1f}), "
-        return f"{peaks}corr. {self.correlation:.2f}"
+        return f"{waveform}{peaks}corr. {self.correlation:.2f}"
 
     @classmethod
     def from_json(cls, value: Any) -> "AudioCheck | None":
@@ -106,7 +120,8 @@ class AudioCheck:
             corr = number(value.get("correlation"))
             if corr is None:
                 return None
-            return cls(corr, number(value.get("peaks")), number(value.get("peaks_z")))
+            return cls(corr, number(value.get("peaks")), number(value.get("peaks_z")),
+                       number(value.get("coherence")), number(value.get("coherence_z")))
         corr = number(value)
         return None if corr is None else cls(corr)
 

@@ -92,6 +92,9 @@ PREFILTER_FRACTION = 0.5
 VERIFY_PREFILTER_FRACTION = 0.25
 #: Most of those weaker candidates refined per query (each an audio check if it holds).
 VERIFY_MAX_REFINE = 4
+#: Most candidates at identity that miss that pre-filter refined per query, for the
+#: coherence test alone (``MatchConfig.coherence_min_significance``).
+COHERENCE_MAX_REFINE = 4
 #: Alignments of one track refined per query (a track used several times in one query,
 #: or repeated sections of the reference that align with the same query segment).
 MAX_ALIGNMENTS_PER_TRACK = 4
@@ -858,20 +861,27 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     weak = ~strong & passes_prefilter(VERIFY_PREFILTER_FRACTION
                                       * mcfg.verify_peaks_min_significance) \
         if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
+    # Last, candidates at identity too weak for that pre-filter, for the coherence test
+    # alone: a recording used as it is keeps its waveform, which stands out of chance by
+    # far more than its few surviving landmarks do (:mod:`earmark.verify`).
+    coherent = (~strong & ~weak & (top[:, 1] == 0) & passes_prefilter(
+        VERIFY_PREFILTER_FRACTION * mcfg.coherence_min_significance)) \
+        if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
     candidates = [(row, 0) for row in top[strong].tolist()]
     candidates += [(row, 1) for row in top[weak].tolist()]
-    budget = [max_refine, VERIFY_MAX_REFINE]
+    candidates += [(row, 2) for row in top[coherent].tolist()]
+    budget = [max_refine, VERIFY_MAX_REFINE, COHERENCE_MAX_REFINE]
     tol_final = mcfg.inlier_seconds / fcfg.frame_seconds
     max_gap_frames = mcfg.max_gap_seconds / fcfg.frame_seconds
     query_frames = query.duration / fcfg.frame_seconds
     min_span = 1.0 / fcfg.frame_seconds
     found: list[_Evidence] = []
     attempts: dict[int, list[tuple[float, float]]] = {}
-    refined = [0, 0]
+    refined = [0, 0, 0]
     for (score0, h, track, off_bin, si), tier in candidates:
         if refined[tier] >= budget[tier]:
             continue
-        if tier == 1 and any(e.significance >= mcfg.min_significance for e in found):
+        if tier >= 1 and any(e.significance >= mcfg.min_significance for e in found):
             break   # the query matches: no sub-threshold search beside it (cost)
         s, p = float(hyp_s[h]), float(hyp_p[h])
         b0 = (off_bin + 1.0) * W

@@ -233,7 +233,11 @@ def _audio_check(check: AudioCheck) -> str:
         f"{_pct(check.peaks)} of the recording's spectral peaks are in the query at the "
         f"matched place ({_num(check.peaks_z)} standard deviations above other alignments "
         f"within 2 s); ")
-    return (f"{peaks}spectrogram correlation {_num(check.correlation, '{:.2f}')} with the "
+    waveform = "" if check.coherence is None or check.coherence_z is None else (
+        f"the query holds the recording's waveform: phase coherence "
+        f"{_num(check.coherence, '{:.2f}')} at the matched place "
+        f"({_num(check.coherence_z)} standard deviations above other alignments within 2 s); ")
+    return (f"{waveform}{peaks}spectrogram correlation {_num(check.correlation, '{:.2f}')} with the "
             f"catalogue file <span class=\"small\">(the landmarks alone were under the "
             f"threshold)</span>")
 

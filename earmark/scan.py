@@ -1068,7 +1068,8 @@ SUMMARY_COLUMNS = ["query", "content_hash", "duration", "track_id", "recording",
                    "artist", "isrc", "rights_holder", "reference_path", "segments",
                    "matched_seconds", "score", "significance", "query_start", "query_end",
                    "reference_start", "reference_end", "coverage", "speed", "pitch_semitones",
-                   "verified_peaks", "verified_peaks_z", "verified_correlation"]
+                   "verified_peaks", "verified_peaks_z", "verified_correlation",
+                   "verified_coherence", "verified_coherence_z"]
 
 
 def write_summary_csv(path: Path, results: list[dict]) -> int:
@@ -1100,7 +1101,9 @@ def write_summary_csv(path: Path, results: list[dict]) -> int:
             check = AudioCheck.from_json(best.get("verified"))
             if check is not None:
                 row.update(verified_peaks=check.peaks, verified_peaks_z=check.peaks_z,
-                           verified_correlation=check.correlation)
+                           verified_correlation=check.correlation,
+                           verified_coherence=check.coherence,
+                           verified_coherence_z=check.coherence_z)
             w.writerow([_cell(row.get(h)) for h in header])
             n += 1
     _atomic_write(path, buf.getvalue().encode("utf-8"))

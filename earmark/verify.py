@@ -80,6 +80,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import scipy.fft
 from numba import njit
 
 from earmark.errors import EarmarkError
@@ -118,6 +119,29 @@ MIN_NULL_ALIGNMENTS = 40
 #: the query at one alignment and nowhere else, which no spread of other alignments
 #: measures.
 MIN_REFERENCE_PEAKS = 50
+
+
+#: Coherence: analysis window (samples at ``cfg.sr``; 512 = 64 ms at 8 kHz).  The lags are
+#: the engine's frames (16 ms), so a use sits up to 8 ms off the nearest lag: a 64-ms window
+#: keeps 7/8 of its samples in common there, where the fingerprint's 128-ms window would
+#: halve the number of independent frames in a 5-s segment.
+COHERENCE_N_FFT = 512
+#: Coherence: frequencies compared (Hz).  Under 60 Hz a 64-ms window holds too few
+#: periods; over 3.6 kHz lies the transition band of the resampling to ``cfg.sr`` (the query
+#: and the catalogue file may come from different sample rates).
+COHERENCE_MIN_HZ = 60.0
+COHERENCE_MAX_HZ = 3600.0
+#: Coherence: bins this far under the loudest bin of the segment (dB) count as silent
+#: (digital silence and the dither of a fade have no phase worth comparing).
+COHERENCE_FLOOR_DB = 100.0
+#: Coherence is measured only for a match at identity (the waveform is compared sample for
+#: sample, so a speed or pitch change would have to be undone first): within this much of
+#: speed 1 (fraction) and pitch 0 (semitones), the estimates' spread at identity.
+COHERENCE_MAX_SPEED_ERROR = 0.02
+COHERENCE_MAX_PITCH_ERROR = 0.25
+#: Most candidates per query checked by the coherence test alone (those under the other
+#: tests' landmark floors): each reads a few seconds of a catalogue file (~25 ms).
+COHERENCE_MAX_CHECKS = 3
 
 
 def _spectrogram(y: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
@@ -212,6 +236,50 @@ def _found_per_lag(q_near: np.ndarray, r_peaks: np.ndarray, ref_frames: np.ndarr
     return n_peaks, found
 
 
+def _unit_stft(y: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
+    """Short-time spectrum of ``y`` on the engine's frame grid (hop ``cfg.hop_length``,
+    window :data:`COHERENCE_N_FFT`) over the compared band, each bin reduced to its phase
+    (unit magnitude; silent bins 0): ``(n_frames, n_bins)`` complex64."""
+    n_fft, hop = COHERENCE_N_FFT, cfg.hop_length
+    if y.shape[0] < n_fft:
+        return np.zeros((0, 0), np.complex64)
+    frames = np.lib.stride_tricks.sliding_window_view(np.asarray(y, np.float32), n_fft)[::hop]
+    spec = scipy.fft.rfft(frames * np.hanning(n_fft).astype(np.float32), axis=1)
+    lo = int(np.ceil(COHERENCE_MIN_HZ * n_fft / cfg.sr))
+    hi = int(np.floor(COHERENCE_MAX_HZ * n_fft / cfg.sr)) + 1
+    spec = spec[:, lo:hi].astype(np.complex64)
+    mag = np.abs(spec)
+    floor = float(mag.max(initial=0.0)) * 10.0 ** (-COHERENCE_FLOOR_DB / 20.0)
+    return np.divide(spec, mag, out=np.zeros_like(spec), where=mag > max(floor, 1e-20))
+
+
+def phase_coherence_per_lag(query_unit: np.ndarray, reference_unit: np.ndarray) -> np.ndarray:
+    """Mean over frequencies of ``|sum_t q[t, f] conj(r[t + lag, f])| / n_frames`` for every
+    lag ``0 .. len(r) - len(q)`` (frames): how consistently the two signals keep the same
+    phase difference at each frequency over the segment.
+
+    1.0 when the query is the reference (or the reference through any fixed filter: EQ, a
+    codec's band limits, a fixed delay within the window); ``~1 / sqrt(frames)`` between
+    unrelated signals, whose phases drift apart.  Another song or noise mixed over the
+    recording scrambles the phase of the bins it dominates and leaves the others, so the
+    coherence falls with the mix's level but stays far over chance.  One FFT per
+    frequency along time gives every lag at once.
+
+    >>> rng = np.random.default_rng(0)
+    >>> r = np.exp(2j * np.pi * rng.random((400, 50))).astype(np.complex64)
+    >>> c = phase_coherence_per_lag(r[100:300], r)
+    >>> int(np.argmax(c)), bool(c[100] > 0.99), bool(np.delete(c, 100).max() < 0.2)
+    (100, True, True)
+    """
+    n_q, n_r = query_unit.shape[0], reference_unit.shape[0]
+    if n_q == 0 or n_r < n_q or query_unit.shape[1] == 0:
+        return np.zeros(0)
+    n = scipy.fft.next_fast_len(n_q + n_r)
+    cross = scipy.fft.ifft(np.conj(scipy.fft.fft(query_unit, n, axis=0))
+                           * scipy.fft.fft(reference_unit, n, axis=0), axis=0)
+    return np.abs(cross[: n_r - n_q + 1]).mean(axis=1) / n_q
+
+
 def _transposed(query_spec: np.ndarray, reference_spec: np.ndarray, pitch_semitones: float,
                 cfg: FingerprintConfig) -> tuple[np.ndarray, np.ndarray]:
     """The bins both spectrograms cover once the reference is moved by the pitch shift:
@@ -280,7 +348,8 @@ def aligned_correlation(query: np.ndarray, reference: np.ndarray, speed: float,
 
 
 def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
-                    pitch_semitones: float, cfg: FingerprintConfig) -> AudioCheck | None:
+                    pitch_semitones: float, cfg: FingerprintConfig,
+                    min_coherence_z: float | None = None) -> AudioCheck | None:
     """Compare a query segment with the reference audio a match aligns it with.
 
     Parameters
@@ -293,13 +362,18 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
     speed, pitch_semitones : float
         The match's transform (reference seconds per query second; query pitch minus
         reference pitch).
+    min_coherence_z : float, optional
+        Return ``None`` at once unless the coherence test applies and reaches this (the
+        other statistics are computed only for a candidate that passes it).
 
     Returns
     -------
     AudioCheck or None
         ``correlation``, ``peaks`` and ``peaks_z`` (module docstring; ``peaks_z`` is
-        ``None`` under :data:`MIN_REFERENCE_PEAKS` peaks of the recording); ``None`` when the
-        reference is too short for the null alignments or holds no spectral peak.
+        ``None`` under :data:`MIN_REFERENCE_PEAKS` peaks of the recording), ``coherence``
+        and ``coherence_z`` (``None`` unless the match is at identity,
+        :func:`coherence_applies`); ``None`` when the reference is too short for the null
+        alignments or holds no spectral peak.
 
     Examples
     --------
@@ -313,9 +387,14 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
     >>> bool(check.peaks_z > 10), bool(check.correlation < 0.8)
     (True, True)
     """
+    centre = int(round(NULL_MAX_LAG_SECONDS / cfg.frame_seconds))
+    coherence = coherence_z = None
+    if coherence_applies(speed, pitch_semitones):
+        coherence, coherence_z = _coherence_test(query, reference, centre, cfg)
+    if min_coherence_z is not None and (coherence_z is None or coherence_z < min_coherence_z):
+        return None
     q, r = _transposed(_spectrogram(query, cfg), _spectrogram(reference, cfg),
                        pitch_semitones, cfg)
-    centre = int(round(NULL_MAX_LAG_SECONDS / cfg.frame_seconds))
     lags, frames = _lag_frames(q.shape[0], r.shape[0], speed, np.arange(2 * centre + 1))
     null_gap = int(round(NULL_MIN_LAG_SECONDS / cfg.frame_seconds))
     near = np.abs(lags - centre) <= int(round(ALIGNMENT_SLACK_SECONDS / cfg.frame_seconds))
@@ -332,7 +411,10 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
                                     _mapped_frames(q.shape[0], speed), lags.astype(np.int64))
     fraction = np.divide(found, n_peaks, out=np.zeros(lags.shape[0]), where=n_peaks > 0)
     if not n_peaks[near].any():
-        return None
+        if coherence is None:
+            return None
+        return AudioCheck(correlation=round(correlation, 4), coherence=round(coherence, 4),
+                          coherence_z=round(coherence_z, 2))
     best = int(np.argmax(np.where(near & (n_peaks > 0), fraction, -1.0)))
     peaks = float(fraction[best])
     chance = float(fraction[null].mean())
@@ -345,7 +427,34 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
     # Too few peaks to tell (peaks come in clusters, one note or hit making several).
     peaks_z = (peaks - chance) / spread if n_peaks[best] >= MIN_REFERENCE_PEAKS else None
     return AudioCheck(correlation=round(correlation, 4), peaks=round(peaks, 4),
-                      peaks_z=None if peaks_z is None else round(peaks_z, 2))
+                      peaks_z=None if peaks_z is None else round(peaks_z, 2),
+                      coherence=None if coherence is None else round(coherence, 4),
+                      coherence_z=None if coherence_z is None else round(coherence_z, 2))
+
+
+def coherence_applies(speed: float, pitch_semitones: float) -> bool:
+    """Whether a match's transform is identity within the estimates' spread: the only one
+    the coherence test compares (the waveform sample for sample)."""
+    return abs(speed - 1.0) <= COHERENCE_MAX_SPEED_ERROR \
+        and abs(pitch_semitones) <= COHERENCE_MAX_PITCH_ERROR
+
+
+def _coherence_test(query: np.ndarray, reference: np.ndarray, centre: int,
+                    cfg: FingerprintConfig) -> tuple[float | None, float | None]:
+    """``(coherence, coherence_z)`` of a query segment against a reference that starts
+    ``centre`` frames before the aligned place (speed 1): the best phase coherence
+    (:func:`phase_coherence_per_lag`) within the alignment slack, and how far it stands
+    above the coherence at the null alignments of the peak test, in standard deviations
+    of those.  ``(None, None)`` when there are too few null alignments."""
+    per_lag = phase_coherence_per_lag(_unit_stft(query, cfg), _unit_stft(reference, cfg))
+    lags = np.arange(per_lag.shape[0])
+    near = np.abs(lags - centre) <= int(round(ALIGNMENT_SLACK_SECONDS / cfg.frame_seconds))
+    null = np.abs(lags - centre) >= int(round(NULL_MIN_LAG_SECONDS / cfg.frame_seconds))
+    if not near.any() or null.sum() < MIN_NULL_ALIGNMENTS:
+        return None, None
+    best = float(per_lag[near].max())
+    spread = max(float(per_lag[null].std()), 1e-3)
+    return best, (best - float(per_lag[null].mean())) / spread
 
 
 def _read_reference(path: str | os.PathLike, start_seconds: float, seconds: float,
@@ -371,7 +480,8 @@ def _read_reference(path: str | os.PathLike, start_seconds: float, seconds: floa
 
 def verify_segment(query: np.ndarray, query_start: float, query_end: float,
                    reference_path: str | os.PathLike, reference_start: float, speed: float,
-                   pitch_semitones: float, cfg: FingerprintConfig) -> AudioCheck | None:
+                   pitch_semitones: float, cfg: FingerprintConfig,
+                   min_coherence_z: float | None = None) -> AudioCheck | None:
     """:func:`check_alignment` of a match's segments, the reference read from its
     catalogue file (at most :data:`MAX_VERIFY_SECONDS` of the query, mono at ``cfg.sr``).
     ``None`` when the file cannot be read (moved, deleted, damaged) or is too short."""
@@ -385,7 +495,7 @@ def verify_segment(query: np.ndarray, query_start: float, query_end: float,
                                 seconds * speed + 2 * NULL_MAX_LAG_SECONDS + 0.5, cfg)
     if reference is None:
         return None
-    return check_alignment(segment, reference, speed, pitch_semitones, cfg)
+    return check_alignment(segment, reference, speed, pitch_semitones, cfg, min_coherence_z)
 
 
 def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf,
@@ -404,6 +514,8 @@ def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf
     if check is None:
         return False
     if check.peaks_z is not None and check.peaks_z >= mcfg.verify_min_peaks_z:
+        return True
+    if check.coherence_z is not None and check.coherence_z >= mcfg.verify_min_coherence_z:
         return True
     return (check.correlation >= mcfg.verify_min_correlation and contrast >= mcfg.min_contrast
             and significance >= mcfg.verify_min_significance

@@ -318,6 +318,8 @@ class MatchConfig:
     verify_min_significance: float = 10.0
     verify_min_correlation: float = 0.8
     verify_min_peaks_z: float = 10.0
+    verify_min_coherence_z: float = 10.0
+    coherence_min_fraction: float = 0.05
     verify_peaks_min_fraction: float = 0.3
     verify_min_score: int = 7
     audio_edges: bool = True
@@ -347,6 +349,12 @@ class MatchConfig:
     def verify_peaks_min_significance(self) -> float:
         """Least significance of a candidate the peak test checks (6 by default)."""
         return self.verify_peaks_min_fraction * self.min_significance
+
+    @property
+    def coherence_min_significance(self) -> float:
+        """Least significance of a candidate at identity the coherence test checks (1 by
+        default)."""
+        return self.coherence_min_fraction * self.min_significance
 
     @property
     def weakest_checked(self) -> float:

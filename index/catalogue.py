@@ -369,8 +369,10 @@ class Index:
         # the same two signals, which is what contrast approximates with other recordings
         # (the correlation test still asks for the contrast, see verify.passes).
         # (The search keeps nothing under ``mcfg.candidate_min_score`` landmarks.)
-        weak = [e for e in found if mcfg.weakest_checked <= e.significance
-                < mcfg.min_significance] if mcfg.verifies and lm.audio is not None else []
+        weak = [e for e in found if (mcfg.weakest_checked <= e.significance
+                                     or verify.coherence_applies(e.speed, e.pitch))
+                and e.significance < mcfg.min_significance] \
+            if mcfg.verifies and lm.audio is not None else []
         found = [e for e in found if e.contrast >= mcfg.min_contrast and e.score >= mcfg.min_score]
         # Ties in score (the same audio in two catalogue recordings, e.g. a remaster)
         # go to the more significant one, whatever order the files were indexed in.
@@ -402,11 +404,22 @@ class Index:
         threshold) whose audio passes the check against their catalogue file
         (:mod:`earmark.verify`); each match carries the check as ``verified``."""
         out = []
+        coherence_only = 0
         for e in weak:
             m = to_match(e)
+            # Under the floors of the other tests only the coherence test can pass it
+            # (checked first, the rest only if it holds; at most COHERENCE_MAX_CHECKS).
+            gate = None
+            if e.significance < mcfg.weakest_checked:
+                if e.significance < mcfg.coherence_min_significance \
+                        or coherence_only >= verify.COHERENCE_MAX_CHECKS:
+                    continue
+                coherence_only += 1
+                gate = mcfg.verify_min_coherence_z
             check = verify.verify_segment(y, m.query_start, m.query_end,
                                           m.reference.path, m.reference_start, m.speed,
-                                          m.pitch_semitones, self.config)
+                                          m.pitch_semitones, self.config,
+                                          min_coherence_z=gate)
             if verify.passes(check, mcfg, contrast=e.contrast, significance=e.significance,
                              score=e.score):
                 out.append((e, dataclasses.replace(m, verified=check)))

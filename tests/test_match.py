@@ -427,9 +427,11 @@ def test_verification_reports_a_weak_match_whose_audio_correlates(catalogue, ind
     assert m.significance < threshold
     assert m.verified is not None and m.verified.correlation >= mcfg.verify_min_correlation
     assert m.verified.peaks_z >= mcfg.verify_min_peaks_z and m.verified.peaks > 0.8
+    assert m.verified.coherence_z >= mcfg.verify_min_coherence_z    # the waveform itself
     assert m.to_dict()["verified"] == pytest.approx(
         {"correlation": m.verified.correlation, "peaks": m.verified.peaks,
-         "peaks_z": m.verified.peaks_z}, abs=1e-2)
+         "peaks_z": m.verified.peaks_z, "coherence": m.verified.coherence,
+         "coherence_z": m.verified.coherence_z}, abs=1e-2)
     assert not [x for x in index.match_audio(y, SR, mcfg.with_(verify_audio=False)).matches
                 if track_of(x) == name]
 
@@ -448,7 +450,8 @@ def test_verification_finds_a_recording_under_a_loud_mix(catalogue, index):
     threshold = candidate.significance + 1.0
     peaks_only = MATCH_PRESETS["default"].with_(min_significance=threshold,
                                                 verify_min_significance=0.0,
-                                                verify_min_correlation=1.01)
+                                                verify_min_correlation=1.01,
+                                                verify_min_coherence_z=math.inf)
     res = index.match_audio(y, SR, peaks_only)
     m = [x for x in res.matches if track_of(x) == name][0]
     assert abs(alignment_offset(m) - start) <= 0.1 and m.significance < threshold
@@ -480,6 +483,68 @@ def test_a_use_under_the_landmark_floor_is_found_by_its_peaks(catalogue, index):
     assert abs(m.query_start - at) <= 0.5, m.query_start
     floor = mcfg.with_(verify_min_score=mcfg.min_score)
     assert not [x for x in index.match_audio(query, SR, floor).matches if track_of(x) == name]
+
+
+def test_a_sample_under_louder_music_is_found_by_its_waveform(catalogue, index):
+    """2 s of a recording at identity under other music 9 dB louder: 8 aligned landmarks
+    and too few of the recording's peaks for the peak test, but the query keeps the
+    recording's waveform, whose phase coherence stands far out of chance.  It is reported
+    there, with the place, and not when that route is closed."""
+    name = "track02.wav"
+    y, ref_start = catalogue.excerpt(name, 20.0, 2.0)
+    query = catalogue.other_song(NON_CATALOGUE_SEEDS[1], 20.0).copy()
+    at = 8.0
+    a = int(at * SR)
+    query *= 10 ** (9 / 20) * np.std(y) / np.std(query[a:a + y.shape[0]])
+    query[a:a + y.shape[0]] += y
+    query = query.astype(np.float32)
+    mcfg = MATCH_PRESETS["default"]
+    m = [x for x in index.match_audio(query, SR, mcfg).matches if track_of(x) == name][0]
+    assert m.score < mcfg.min_score and m.significance < mcfg.min_significance
+    assert abs(alignment_offset(m) - (ref_start - at)) <= 0.1
+    assert m.verified.coherence_z >= mcfg.verify_min_coherence_z
+    assert m.verified.peaks_z is None or m.verified.peaks_z < mcfg.verify_min_peaks_z
+    closed = mcfg.with_(verify_min_coherence_z=math.inf)
+    assert not [x for x in index.match_audio(query, SR, closed).matches if track_of(x) == name]
+
+
+def test_coherence_needs_the_waveform_itself(catalogue):
+    """The coherence of a recording under other music as loud as it stands out at its own
+    alignment only: not a second off, not against another recording, and not for the same
+    spectrogram with other phases (Griffin-Lim resynthesis), which the peak test still
+    accepts.  A match with a pitch shift is not compared sample for sample."""
+    import librosa
+
+    from earmark.fingerprint.audio import resample
+    from earmark.fingerprint.config import DEFAULT
+    from earmark.verify import NULL_MAX_LAG_SECONDS, check_alignment
+
+    sr = DEFAULT.sr
+    song = resample(catalogue.songs["track02.wav"], SR, sr)
+    other = resample(catalogue.songs["track06.wav"], SR, sr)
+    start = 8.0
+    excerpt = song[int(start * sr):int((start + 6.0) * sr)]
+    bed = resample(catalogue.other_song(NON_CATALOGUE_SEEDS[0], 20.0), SR, sr)
+    bed = bed[:excerpt.shape[0]] * float(np.std(excerpt) / np.std(bed[:excerpt.shape[0]]))
+    mixed = (excerpt + bed).astype(np.float32)                                # 0 dB
+
+    def check(reference, at, query=mixed, pitch=0.0):
+        return check_alignment(query, reference[int((at - NULL_MAX_LAG_SECONDS) * sr):],
+                               1.0, pitch, DEFAULT)
+
+    found = check(song, start)
+    assert found.coherence_z >= 10
+    assert check(song, start + 1.0).coherence_z < 5
+    assert check(other, start).coherence_z < 5
+    magnitude = np.abs(librosa.stft(excerpt, n_fft=512, hop_length=128))
+    regenerated = librosa.griffinlim(magnitude, n_iter=32, hop_length=128, n_fft=512,
+                                     random_state=0, length=excerpt.shape[0])
+    phase_lost = check(song, start, regenerated.astype(np.float32))
+    # (Griffin-Lim keeps some of a held tone's phase: under the gate, a fraction of the
+    # mixed waveform's coherence.)
+    assert phase_lost.peaks_z >= 10 and phase_lost.coherence_z < 10
+    assert phase_lost.coherence_z < found.coherence_z / 3, (phase_lost, found)
+    assert check(song, start, pitch=2.0).coherence is None
 
 
 def test_peak_test_abstains_on_a_recording_with_too_few_peaks():

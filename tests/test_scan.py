@@ -525,20 +525,24 @@ def test_verified_matches_are_shown_in_the_csv_and_the_report(tmp_path):
                 "reference_end": 28.0, "coverage": 0.8, "speed": 1.0,
                 "pitch_semitones": -3.0 if verified else 0.0, "verified": verified}
 
-    check = {"correlation": 0.512, "peaks": 0.58, "peaks_z": 20.6}
+    check = {"correlation": 0.512, "peaks": 0.58, "peaks_z": 20.6, "coherence": 0.437,
+             "coherence_z": 48.3}
     record = {"query": "q.wav", "duration": 10.0, "error": None,
               "matches": [match(1, check, 30), match(2, None, 20), match(3, 0.873, 25),
                           match(4, {"correlation": "<script>", "peaks": 1}, 22)]}
     assert write_summary_csv(tmp_path / "s.csv", [record]) == 4
     rows = {r["track_id"]: r for r in csv.DictReader(open(tmp_path / "s.csv", encoding="utf-8"))}
     assert (rows["1"]["verified_peaks"], rows["1"]["verified_peaks_z"],
-            rows["1"]["verified_correlation"]) == ("0.58", "20.6", "0.512")
+            rows["1"]["verified_correlation"], rows["1"]["verified_coherence"],
+            rows["1"]["verified_coherence_z"]) == ("0.58", "20.6", "0.512", "0.437", "48.3")
     assert rows["2"]["verified_peaks"] == rows["2"]["verified_correlation"] == ""
     # An older release's bare correlation still reads; a malformed check is no check.
     assert rows["3"]["verified_correlation"] == "0.873" and rows["3"]["verified_peaks"] == ""
+    assert rows["3"]["verified_coherence_z"] == ""
     assert rows["4"]["verified_correlation"] == ""
     groups = {g["reference"]["track_id"]: _facts(g["best"], g) for g in group_by_recording(record)}
     assert "checked on the audio" in groups[1] and "58%" in groups[1] and "20.6" in groups[1]
-    assert "0.51" in groups[1]
+    assert "0.51" in groups[1] and "waveform" in groups[1] and "48.3" in groups[1]
+    assert "waveform" not in groups[3]
     assert "checked on the audio" in groups[3] and "0.87" in groups[3]
     assert "checked on the audio" not in groups[2] and "checked on the audio" not in groups[4]
