@@ -696,6 +696,17 @@ def test_use_edges_reads_where_an_excerpt_begins_and_ends(catalogue):
     # Another recording at that place: the audio cannot tell, the segment stays.
     assert use_edges(y, 8.0, 12.0, catalogue.folder / "track02.wav", 11.0, 1.0, 0.0,
                      DEFAULT) is None
+    # Through a pitch shift the waveform is not compared sample for sample: the edges come
+    # from the recording's peaks, which the shift smears a little (within 0.5 s).
+    excerpt, _ = catalogue.excerpt(name, 10.0, 6.0)
+    shifted = pedalboard.time_stretch(excerpt[None, :], SR, stretch_factor=1.0,
+                                      pitch_shift_in_semitones=2.0)[0]
+    noise = catalogue.noise(4, 20.0, "pink")
+    noise = noise * float(np.std(shifted) / np.std(noise))                   # 0 dB
+    noise[int(7.0 * SR):int(7.0 * SR) + shifted.shape[0]] += shifted
+    got = use_edges(resample(noise.astype(np.float32), SR, DEFAULT.sr), 8.0, 12.0, path, 11.0,
+                    1.0, 2.0, DEFAULT)
+    assert abs(got[0] - 7.0) <= 0.5 and abs(got[1] - 13.0) <= 0.5, got
 
 
 def test_match_segment_of_an_excerpt_under_noise_is_its_own(catalogue, index):
