@@ -631,6 +631,11 @@ def use_edges(query: np.ndarray, query_start: float, query_end: float,
     segment's: the frame that maximises the found peaks minus ``theta`` times the
     recording's peaks between it and the inside of the segment, ``theta`` halfway
     between the in-use rate and the chance rate (the rate at alignments 0.3-1 s off).
+    For a use at identity (:func:`coherence_applies`) the rate is, per frame, how well
+    its phase differences agree with the use's (:func:`_coherence_per_frame`), when that
+    stands :data:`EDGE_MIN_COHERENCE_GAIN` over chance, with ``theta`` at
+    :data:`EDGE_COHERENCE_LEVEL`: on the bench's 5-s excerpts in 30 s of other music it
+    located 52 of 54 hits within 0.5 s, the peaks 48.
 
     Parameters
     ----------
