@@ -365,7 +365,8 @@ def aligned_correlation(query: np.ndarray, reference: np.ndarray, speed: float,
 
 def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
                     pitch_semitones: float, cfg: FingerprintConfig,
-                    min_coherence_z: float | None = None) -> AudioCheck | None:
+                    min_coherence_z: float | None = None,
+                    min_coherence: float = 0.0) -> AudioCheck | None:
     """Compare a query segment with the reference audio a match aligns it with.
 
     Parameters
@@ -378,8 +379,8 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
     speed, pitch_semitones : float
         The match's transform (reference seconds per query second; query pitch minus
         reference pitch).
-    min_coherence_z : float, optional
-        Return ``None`` at once unless the coherence test applies and reaches this (the
+    min_coherence_z, min_coherence : float, optional
+        Return ``None`` at once unless the coherence test applies and reaches both (the
         other statistics are computed only for a candidate that passes it).
 
     Returns
@@ -407,7 +408,8 @@ def check_alignment(query: np.ndarray, reference: np.ndarray, speed: float,
     coherence = coherence_z = None
     if coherence_applies(speed, pitch_semitones):
         coherence, coherence_z = _coherence_test(query, reference, centre, cfg)
-    if min_coherence_z is not None and (coherence_z is None or coherence_z < min_coherence_z):
+    if min_coherence_z is not None and (coherence_z is None or coherence_z < min_coherence_z
+                                        or coherence < min_coherence):
         return None
     q, r = _transposed(_spectrogram(query, cfg), _spectrogram(reference, cfg),
                        pitch_semitones, cfg)
@@ -497,7 +499,8 @@ def _read_reference(path: str | os.PathLike, start_seconds: float, seconds: floa
 def verify_segment(query: np.ndarray, query_start: float, query_end: float,
                    reference_path: str | os.PathLike, reference_start: float, speed: float,
                    pitch_semitones: float, cfg: FingerprintConfig,
-                   min_coherence_z: float | None = None) -> AudioCheck | None:
+                   min_coherence_z: float | None = None,
+                   min_coherence: float = 0.0) -> AudioCheck | None:
     """:func:`check_alignment` of a match's segments, the reference read from its
     catalogue file (at most :data:`MAX_VERIFY_SECONDS` of the query, mono at ``cfg.sr``).
     ``None`` when the file cannot be read (moved, deleted, damaged) or is too short."""
@@ -511,7 +514,8 @@ def verify_segment(query: np.ndarray, query_start: float, query_end: float,
                                 seconds * speed + 2 * NULL_MAX_LAG_SECONDS + 0.5, cfg)
     if reference is None:
         return None
-    return check_alignment(segment, reference, speed, pitch_semitones, cfg, min_coherence_z)
+    return check_alignment(segment, reference, speed, pitch_semitones, cfg, min_coherence_z,
+                           min_coherence)
 
 
 def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf,
@@ -531,7 +535,8 @@ def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf
         return False
     if check.peaks_z is not None and check.peaks_z >= mcfg.verify_min_peaks_z:
         return True
-    if check.coherence_z is not None and check.coherence_z >= mcfg.verify_min_coherence_z:
+    if check.coherence_z is not None and check.coherence_z >= mcfg.verify_min_coherence_z \
+            and check.coherence >= mcfg.verify_min_coherence:
         return True
     return (check.correlation >= mcfg.verify_min_correlation and contrast >= mcfg.min_contrast
             and significance >= mcfg.verify_min_significance

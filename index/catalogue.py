@@ -419,7 +419,8 @@ class Index:
             check = verify.verify_segment(y, m.query_start, m.query_end,
                                           m.reference.path, m.reference_start, m.speed,
                                           m.pitch_semitones, self.config,
-                                          min_coherence_z=gate)
+                                          min_coherence_z=gate,
+                                          min_coherence=mcfg.verify_min_coherence)
             if verify.passes(check, mcfg, contrast=e.contrast, significance=e.significance,
                              score=e.score):
                 out.append((e, dataclasses.replace(m, verified=check)))

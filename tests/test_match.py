@@ -547,6 +547,24 @@ def test_coherence_needs_the_waveform_itself(catalogue):
     assert check(song, start, pitch=2.0).coherence is None
 
 
+def test_coherence_test_asks_for_a_share_of_the_waveform_not_a_few_hits():
+    """A long segment makes even a faint coherence stand out of chance (a few drum hits
+    shared by two tracks of one game: coherence 0.07 at z 12.7).  The test asks for both:
+    the standing and a share of the segment's time-frequency cells (0.15; a recording
+    under other music at 0 dB holds 0.19-0.6)."""
+    from earmark.evidence import AudioCheck
+    from earmark.verify import passes
+
+    mcfg = MATCH_PRESETS["default"]
+    assert passes(AudioCheck(correlation=0.2, peaks=0.1, peaks_z=3.0, coherence=0.19,
+                             coherence_z=30.0), mcfg)
+    assert not passes(AudioCheck(correlation=0.2, peaks=0.1, peaks_z=3.0, coherence=0.07,
+                                 coherence_z=30.0), mcfg)
+    assert not passes(AudioCheck(correlation=0.2, peaks=0.1, peaks_z=3.0, coherence=0.5,
+                                 coherence_z=9.0), mcfg)
+    assert not passes(AudioCheck(correlation=0.2, peaks=0.1, peaks_z=3.0), mcfg)
+
+
 def test_peak_test_abstains_on_a_recording_with_too_few_peaks():
     """Four short notes over digital silence: a query holding one of them, at its place,
     has most of the window's few peaks and none at any other alignment, so their spread
