@@ -204,15 +204,17 @@ class MatchConfig:
         two signals (:func:`earmark.verify.phase_coherence_per_lag`).  A recording used
         as it is under other music or noise keeps its phase wherever it is the louder:
         on the bench's 5-s excerpts under other music at 0 dB the true alignments reach
-        20-56 (the peak test 0.4-14); unrelated music against random places of the dev
+        15-249 over the whole 5 s (median 93; 31-150 for the 13 the peak test missed,
+        where it reached 0.4-14); unrelated music against random places of the dev
         catalogue (2 917 pairs) 4.4 at most, the chance candidates checked on the bench
         negatives 4.0.
     verify_min_coherence : float
         And the coherence itself must reach this: the recording's waveform holds in a
         share of the segment's time-frequency cells, not in a few hits.  Over a long
         segment a faint coherence stands out of chance too: tracks of one game share
-        drum hits at 0.07-0.12 (``coherence_z`` 12-18), while a recording under other
-        music at 0 dB holds 0.19-0.6.  Tracks of one game that pass (half of the dev
+        faint audio at 0.07-0.15 (``coherence_z`` 12-29), while a recording under other
+        music at 0 dB holds 0.17 or more (median 0.58 over the bench's 60 5-s
+        excerpts).  Tracks of one game that pass (half of the dev
         catalogue against the other half: 35 -> 39 alignments, at 0.21-0.36 and
         ``coherence_z`` 24-73) share stems, whole passages of one recording.
     coherence_min_fraction : float
