@@ -216,7 +216,7 @@ class MatchConfig:
         music at 0 dB holds 0.17 or more (median 0.58 over the bench's 60 5-s
         excerpts).  Tracks of one game that pass (half of the dev
         catalogue against the other half: 35 -> 39 alignments, at 0.21-0.36 and
-        ``coherence_z`` 24-73) share stems, whole passages of one recording.
+        ``coherence_z`` 22-73) share stems, whole passages of one recording.
     coherence_min_fraction : float
         Candidates at identity are checked by the coherence test alone from this
         fraction of ``min_significance`` (0.05: 1 of 20) and ``verify_min_score``
