@@ -42,9 +42,9 @@ statistics, neither of which comes from the landmarks:
     however alike they sound, and the two-signal null discounts what drifts slowly
     (held tones).  So it reads far more of the audio than the peaks do: on the bench's
     5-s excerpts under other music at 0 dB the true alignments stand 15-249 out (median
-    93) over the whole 5 s, 31-150 for the 13 where the peak test reached 0.4-14.  A regenerated recording (vocoder, Griffin-Lim, a
-    neural codec) keeps its spectrogram and loses its phase: the other two tests are
-    for it.
+    93) over the whole 5 s, 31-150 for the 13 where the peak test reached 0.4-14.  A
+    regenerated recording (vocoder, Griffin-Lim, a neural codec) keeps its spectrogram
+    and loses its phase: the other two tests are for it.
 
 A candidate is accepted when its waveform stands out
 (:attr:`~earmark.fingerprint.config.MatchConfig.verify_min_coherence_z`, 10), when its
@@ -588,7 +588,8 @@ EDGE_LEAD_FRAMES = 64
 #: Edges of a use at identity are read off the waveform's phase coherence (per frame, its
 #: agreement with the use's phase difference at each frequency) when its in-use mean stands
 #: this far above the same at chance alignments: far sharper than the peaks' found rate
-#: (0.3-0.9 in use under a 0 dB mix, 0 +- 0.07 outside).
+#: (in use about the segment's coherence, 0.17-0.9 under a 0 dB mix on the bench; outside
+#: 0 +- 0.07 a frame).
 EDGE_MIN_COHERENCE_GAIN = 0.1
 #: Edges from the coherence: a frame counts as in use above this fraction of the way from
 #: the chance level to the use's mean (the peaks' rule takes half).  The agreement of a
@@ -615,13 +616,14 @@ def _coherence_per_frame(query_unit: np.ndarray, reference_unit: np.ndarray, off
     return exists.astype(np.float64), np.real(cross * np.conj(use_phase)).mean(axis=1)
 
 
-def _edge_rates(per_frame, in_use: np.ndarray, lead: int, min_gain: float,
+def _edge_rates(per_frame, in_use: np.ndarray, lead: int, min_gain: float, level: float,
                 chance_frames: np.ndarray | None = None):
-    """``(n, found, use_rate, chance_rate)`` of the best of the alignments within
-    :data:`EDGE_ALIGN_FRAMES` of ``lead`` (``per_frame(offset) -> (n, found)`` per query
-    frame), the chance rate over ``chance_frames`` (default: all) at alignments 20-60
-    frames off on either side; ``None`` when the use does not stand ``min_gain`` above
-    chance."""
+    """``(n, found, theta)`` of the best of the alignments within :data:`EDGE_ALIGN_FRAMES`
+    of ``lead`` (``per_frame(offset) -> (n, found)`` per query frame): a frame is in use
+    where ``found`` exceeds ``theta`` times ``n``, ``theta`` ``level`` of the way from the
+    chance rate (over ``chance_frames``, default all, at alignments 20-60 frames off on
+    either side) to the in-use rate.  ``None`` when the use does not stand ``min_gain``
+    above chance."""
     if chance_frames is None:
         chance_frames = np.ones_like(in_use)
     best = None
@@ -636,7 +638,7 @@ def _edge_rates(per_frame, in_use: np.ndarray, lead: int, min_gain: float,
     use_rate = found[in_use].sum() / max(n[in_use].sum(), 1)
     if use_rate < chance_rate + min_gain:
         return None
-    return n, found, use_rate, chance_rate
+    return n, found, chance_rate + level * (use_rate - chance_rate)
 
 
 def use_edges(query: np.ndarray, query_start: float, query_end: float,
@@ -725,8 +727,7 @@ def use_edges(query: np.ndarray, query_start: float, query_end: float,
             # level over the others' (by ~1/sqrt(frames)) and set the edges late.
             every = np.ones_like(in_use)
             rates = _edge_rates(lambda off: _coherence_per_frame(q_unit, r_unit, off, every),
-                                in_use, lead, EDGE_MIN_COHERENCE_GAIN)
-            rates = rates and (*rates, EDGE_COHERENCE_LEVEL)
+                                in_use, lead, EDGE_MIN_COHERENCE_GAIN, EDGE_COHERENCE_LEVEL)
         if rates is None:
             q_spec, r_spec = _transposed(_spectrogram(segment, cfg),
                                          _spectrogram(reference, cfg), pitch_semitones, cfg)
@@ -736,12 +737,10 @@ def use_edges(query: np.ndarray, query_start: float, query_end: float,
             q_near = _near_query_peaks(q_spec)
             r_peaks = spectral_peaks(r_spec)
             rates = _edge_rates(lambda off: _found_per_frame(q_near, r_peaks, speed, off),
-                                in_use, lead, EDGE_MIN_RATE_GAIN)
-            rates = rates and (*rates, 0.5)
+                                in_use, lead, EDGE_MIN_RATE_GAIN, 0.5)
         if rates is None:
             return None
-        n, found, use_rate, chance_rate, level = rates
-        theta = chance_rate + level * (use_rate - chance_rate)
+        n, found, theta = rates
         gain = np.concatenate([[0.0], np.cumsum(found - theta * n)])   # gain[i]: frames < i
         first, last = np.flatnonzero(in_use)[[0, -1]]
         if which in ("both", "start") and refine_start:
