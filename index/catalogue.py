@@ -369,8 +369,10 @@ class Index:
         # the same two signals, which is what contrast approximates with other recordings
         # (the correlation test still asks for the contrast, see verify.passes).
         # (The search keeps nothing under ``mcfg.candidate_min_score`` landmarks.)
+        # At identity the coherence test also checks weaker candidates.
         weak = [e for e in found if (mcfg.weakest_checked <= e.significance
-                                     or verify.coherence_applies(e.speed, e.pitch))
+                                     or (mcfg.coherence_min_significance <= e.significance
+                                         and verify.coherence_applies(e.speed, e.pitch)))
                 and e.significance < mcfg.min_significance] \
             if mcfg.verifies and lm.audio is not None else []
         found = [e for e in found if e.contrast >= mcfg.min_contrast and e.score >= mcfg.min_score]
@@ -411,8 +413,7 @@ class Index:
             # (checked first, the rest only if it holds; at most COHERENCE_MAX_CHECKS).
             gate = None
             if e.significance < mcfg.weakest_checked:
-                if e.significance < mcfg.coherence_min_significance \
-                        or coherence_only >= verify.COHERENCE_MAX_CHECKS:
+                if coherence_only >= verify.COHERENCE_MAX_CHECKS:
                     continue
                 coherence_only += 1
                 gate = mcfg.verify_min_coherence_z
