@@ -598,34 +598,33 @@ EDGE_MIN_COHERENCE_GAIN = 0.1
 EDGE_COHERENCE_LEVEL = 0.35
 
 
-def _coherence_per_frame(query_unit: np.ndarray, reference_unit: np.ndarray, offset: int,
-                         fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _coherence_per_frame(query_unit: np.ndarray, reference_unit: np.ndarray, offset: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """``(n, agreement)`` per query frame against reference frame ``frame + offset``:
     ``n`` is 1 where that reference frame exists, ``agreement`` the mean over frequencies
     of how well the frame's phase difference agrees with the use's at that frequency (its
-    mean over the ``fit`` frames): ~1 where the query holds the waveform, ~0 where
-    not."""
+    mean over every frame): ~1 where the query holds the waveform, ~0 where not.
+
+    The use's phase difference is fitted to every frame at every alignment alike: fitted
+    to the in-use frames only, it would raise their chance level over the others' (by
+    ~1/sqrt(frames)) and set the edges late."""
     n_q = query_unit.shape[0]
     at = np.arange(n_q) + offset
     exists = (at >= 0) & (at < reference_unit.shape[0])
     cross = np.zeros_like(query_unit)
     cross[exists] = query_unit[exists] * np.conj(reference_unit[at[exists]])
-    use_phase = cross[fit].sum(axis=0)
+    use_phase = cross.sum(axis=0)
     size = np.abs(use_phase)
     use_phase = np.divide(use_phase, size, out=np.zeros_like(use_phase), where=size > 0)
     return exists.astype(np.float64), np.real(cross * np.conj(use_phase)).mean(axis=1)
 
 
-def _edge_rates(per_frame, in_use: np.ndarray, lead: int, min_gain: float, level: float,
-                chance_frames: np.ndarray | None = None):
+def _edge_rates(per_frame, in_use: np.ndarray, lead: int, min_gain: float, level: float):
     """``(n, found, theta)`` of the best of the alignments within :data:`EDGE_ALIGN_FRAMES`
     of ``lead`` (``per_frame(offset) -> (n, found)`` per query frame): a frame is in use
     where ``found`` exceeds ``theta`` times ``n``, ``theta`` ``level`` of the way from the
-    chance rate (over ``chance_frames``, default all, at alignments 20-60 frames off on
-    either side) to the in-use rate.  ``None`` when the use does not stand ``min_gain``
-    above chance."""
-    if chance_frames is None:
-        chance_frames = np.ones_like(in_use)
+    chance rate (over every frame, at alignments 20-60 frames off on either side) to the
+    in-use rate.  ``None`` when the use does not stand ``min_gain`` above chance."""
     best = None
     for off in range(lead - EDGE_ALIGN_FRAMES, lead + EDGE_ALIGN_FRAMES + 1):
         n, found = per_frame(off)
@@ -633,8 +632,7 @@ def _edge_rates(per_frame, in_use: np.ndarray, lead: int, min_gain: float, level
             best = (n, found, off)
     n, found, off = best
     chance = [per_frame(off + side * gap) for gap in (20, 40, 60) for side in (-1, 1)]
-    chance_rate = sum(f[chance_frames].sum() for _, f in chance) \
-        / max(sum(c[chance_frames].sum() for c, _ in chance), 1)
+    chance_rate = sum(f.sum() for _, f in chance) / max(sum(c.sum() for c, _ in chance), 1)
     use_rate = found[in_use].sum() / max(n[in_use].sum(), 1)
     if use_rate < chance_rate + min_gain:
         return None
@@ -722,11 +720,7 @@ def use_edges(query: np.ndarray, query_start: float, query_end: float,
             times, in_use = in_use_of(q_unit.shape[0])
             if not in_use.any():
                 return None
-            # The use's phase difference is fitted to every frame of the window at every
-            # alignment alike: fitting it to the in-use frames would raise their chance
-            # level over the others' (by ~1/sqrt(frames)) and set the edges late.
-            every = np.ones_like(in_use)
-            rates = _edge_rates(lambda off: _coherence_per_frame(q_unit, r_unit, off, every),
+            rates = _edge_rates(lambda off: _coherence_per_frame(q_unit, r_unit, off),
                                 in_use, lead, EDGE_MIN_COHERENCE_GAIN, EDGE_COHERENCE_LEVEL)
         if rates is None:
             q_spec, r_spec = _transposed(_spectrogram(segment, cfg),
