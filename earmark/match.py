@@ -789,6 +789,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     n_threads = max(1, min(mcfg.threads or (os.cpu_count() or 1), n_h))
     # Candidates the audio check may still accept are weaker than a match's floor.
     min_score = mcfg.candidate_min_score
+    coherence_min_score = min(mcfg.coherence_min_score, min_score) if mcfg.verifies else min_score
     if coarse is not None and mcfg.refine_hypotheses > 0 and n_h > 1 + mcfg.refine_hypotheses:
         # Coarse to fine: vote the whole grid with the strongest landmarks, then the
         # strongest transforms that identity does not explain with all of them.
@@ -864,7 +865,9 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     # Last, candidates at identity too weak for that pre-filter, for the coherence test
     # alone: a recording used as it is keeps its waveform, which stands out of chance by
     # far more than its few surviving landmarks do (:mod:`earmark.verify`).
-    coherent = (~strong & ~weak & (top[:, 1] == 0) & passes_prefilter(
+    # That includes identity candidates of the tier above that its budget left out (a
+    # refined one is not refined twice: see ``attempts``).
+    coherent = (~strong & (top[:, 1] == 0) & passes_prefilter(
         VERIFY_PREFILTER_FRACTION * mcfg.coherence_min_significance)) \
         if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
     candidates = [(row, 0) for row in top[strong].tolist()]
@@ -917,12 +920,14 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         q_idx, ref_f, post_idx, res, keys = collect_pairs(
             query.time, query.f1, query.df, query.dt, slope, pitch, track, b, slope,
             tol_final, *seg.arrays(), mcfg.probe_margin)
-        if q_idx.shape[0] < min_score:
+        # At identity the coherence test can take a candidate with fewer landmarks.
+        least = coherence_min_score if (tier >= 1 and h == 0) else min_score
+        if q_idx.shape[0] < least:
             continue
         run = _densest_run(query.time[q_idx], max_gap_frames)
         q_idx, ref_f, post_idx, res, keys = q_idx[run], ref_f[run], post_idx[run], res[run], keys[run]
         score = _unique_count(q_idx, post_idx, keys)
-        if score < min_score:
+        if score < least:
             continue
         if q_idx.shape[0] >= 8:
             pitch = pitch + float(np.mean(res)) * hashes.F1_STEP_SEMITONES

@@ -225,6 +225,13 @@ class MatchConfig:
         (:data:`earmark.verify.COHERENCE_MAX_CHECKS`) per query, and only in a query
         where nothing is significant.  The coherence is computed first, the other tests
         only for a candidate that passes it.
+    coherence_min_score : int
+        Fewest aligned landmarks of such a candidate (its offset cell still needs
+        ``verify_min_score`` votes to be refined at all): on refinement a 5-s excerpt
+        under music at 0 dB can keep 5-6 landmarks on its fitted line, under the other
+        tests' floor, while its waveform stands out by far (``coherence_z`` 50).  A
+        candidate under ``verify_min_score`` is checked by the coherence test alone.
+        ``fp bench``: ``embed_5s_in_30s`` one query more, no negative matched.
     verify_peaks_min_fraction, verify_min_score : float, int
         The peak test also checks candidates under a match's landmark floor: from this
         fraction of ``min_significance`` (0.3: 6 of 20) and this many aligned landmarks
@@ -349,6 +356,7 @@ class MatchConfig:
     verify_min_coherence_z: float = 10.0
     verify_min_coherence: float = 0.15
     coherence_min_fraction: float = 0.05
+    coherence_min_score: int = 5
     verify_peaks_min_fraction: float = 0.3
     verify_min_score: int = 7
     audio_edges: bool = True

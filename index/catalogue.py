@@ -370,7 +370,7 @@ class Index:
         # (the correlation test still asks for the contrast, see verify.passes).
         # (The search keeps nothing under ``mcfg.candidate_min_score`` landmarks.)
         # At identity the coherence test also checks weaker candidates.
-        weak = [e for e in found if (mcfg.weakest_checked <= e.significance
+        weak = [e for e in found if (not self._coherence_only(e, mcfg)
                                      or (mcfg.coherence_min_significance <= e.significance
                                          and verify.coherence_applies(e.speed, e.pitch)))
                 and e.significance < mcfg.min_significance] \
@@ -412,7 +412,7 @@ class Index:
             # Under the floors of the other tests only the coherence test can pass it
             # (checked first, the rest only if it holds; at most COHERENCE_MAX_CHECKS).
             gate = None
-            if e.significance < mcfg.weakest_checked:
+            if self._coherence_only(e, mcfg):
                 if coherence_only >= verify.COHERENCE_MAX_CHECKS:
                     continue
                 coherence_only += 1
@@ -426,6 +426,13 @@ class Index:
                              score=e.score):
                 out.append((e, dataclasses.replace(m, verified=check)))
         return out
+
+    @staticmethod
+    def _coherence_only(e, mcfg: MatchConfig) -> bool:
+        """Whether candidate evidence ``e`` is under the floors of the peak and
+        correlation tests (significance ``weakest_checked``, ``verify_min_score``
+        landmarks), so that only the coherence test may check it."""
+        return e.significance < mcfg.weakest_checked or e.score < mcfg.verify_min_score
 
     def _with_audio_edges(self, y: np.ndarray, m: Match) -> Match:
         """``m`` with its segment's inner edges (those not at the query's own start or end)

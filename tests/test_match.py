@@ -508,6 +508,32 @@ def test_a_sample_under_louder_music_is_found_by_its_waveform(catalogue, index):
     assert not [x for x in index.match_audio(query, SR, closed).matches if track_of(x) == name]
 
 
+def test_a_use_with_few_landmarks_left_is_checked_by_its_waveform(catalogue, index):
+    """4 s of a recording under other music 3 dB louder keeps 6 landmarks on its line,
+    under the floor of the peak and correlation tests (``verify_min_score``).  At
+    identity the coherence test still checks it (``coherence_min_score``), and its
+    waveform stands out: reported at the right place.  With the floor at
+    ``verify_min_score``, or the coherence route closed, it is not reported."""
+    name = "track03.wav"
+    y, ref_start = catalogue.excerpt(name, 10.0, 4.0)
+    query = catalogue.other_song(NON_CATALOGUE_SEEDS[2], 20.0).copy()
+    at = 8.0
+    a = int(at * SR)
+    query *= 10 ** (3 / 20) * np.std(y) / np.std(query[a:a + y.shape[0]])
+    query[a:a + y.shape[0]] += y
+    query = query.astype(np.float32)
+    mcfg = MATCH_PRESETS["default"]
+    m = [x for x in index.match_audio(query, SR, mcfg).matches if track_of(x) == name][0]
+    assert mcfg.coherence_min_score <= m.score < mcfg.verify_min_score
+    assert abs(alignment_offset(m) - (ref_start - at)) <= 0.1
+    assert abs(m.query_start - at) <= 0.5 and abs(m.query_end - (at + 4.0)) <= 0.5
+    assert m.verified.coherence_z >= mcfg.verify_min_coherence_z
+    for closed in (mcfg.with_(coherence_min_score=mcfg.verify_min_score),
+                   mcfg.with_(verify_min_coherence_z=math.inf)):
+        assert not [x for x in index.match_audio(query, SR, closed).matches
+                    if track_of(x) == name]
+
+
 def test_coherence_needs_the_waveform_itself(catalogue):
     """The coherence of a recording under other music as loud as it stands out at its own
     alignment only: not a second off, not against another recording, and not for the same
