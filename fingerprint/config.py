@@ -219,7 +219,7 @@ class MatchConfig:
         ``coherence_z`` 22-73) share stems, whole passages of one recording.
     coherence_min_fraction : float
         Candidates at identity are checked by the coherence test alone from this
-        fraction of ``min_significance`` (0.05: 1 of 20) and ``verify_min_score``
+        fraction of ``min_significance`` (0.05: 1 of 20) and ``coherence_min_score``
         landmarks: after the candidates of the other tests, at most four more refined
         (:data:`earmark.match.COHERENCE_MAX_REFINE`) and three checked
         (:data:`earmark.verify.COHERENCE_MAX_CHECKS`) per query, and only in a query
@@ -231,7 +231,8 @@ class MatchConfig:
         under music at 0 dB can keep 5-6 landmarks on its fitted line, under the other
         tests' floor, while its waveform stands out by far (``coherence_z`` 50).  A
         candidate under ``verify_min_score`` is checked by the coherence test alone.
-        ``fp bench``: ``embed_5s_in_30s`` one query more, no negative matched.
+        ``fp bench``: ``embed_5s_in_30s``, ``noise_white_0db`` and ``noise_pink_0db`` one
+        query more each, no query lost, no negative matched.
     verify_peaks_min_fraction, verify_min_score : float, int
         The peak test also checks candidates under a match's landmark floor: from this
         fraction of ``min_significance`` (0.3: 6 of 20) and this many aligned landmarks
