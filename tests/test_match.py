@@ -485,19 +485,27 @@ def test_a_use_under_the_landmark_floor_is_found_by_its_peaks(catalogue, index):
     assert not [x for x in index.match_audio(query, SR, floor).matches if track_of(x) == name]
 
 
+def _under_louder_music(catalogue, name: str, start: float, seconds: float, seed: int,
+                        louder_db: float, at: float) -> tuple[np.ndarray, float]:
+    """``seconds`` of catalogue song ``name`` from ``start``, placed at ``at`` in 20 s of
+    non-catalogue music ``louder_db`` louder there.  Returns the query and the excerpt's
+    start in the reference."""
+    y, ref_start = catalogue.excerpt(name, start, seconds)
+    query = catalogue.other_song(NON_CATALOGUE_SEEDS[seed], 20.0).copy()
+    a = int(at * SR)
+    query *= 10 ** (louder_db / 20) * np.std(y) / np.std(query[a:a + y.shape[0]])
+    query[a:a + y.shape[0]] += y
+    return query.astype(np.float32), ref_start
+
+
 def test_a_sample_under_louder_music_is_found_by_its_waveform(catalogue, index):
     """2 s of a recording at identity under other music 9 dB louder: 8 aligned landmarks
     and too few of the recording's peaks for the peak test, but the query keeps the
     recording's waveform, whose phase coherence stands far out of chance.  It is reported
     there, with the place, and not when that route is closed."""
-    name = "track02.wav"
-    y, ref_start = catalogue.excerpt(name, 20.0, 2.0)
-    query = catalogue.other_song(NON_CATALOGUE_SEEDS[1], 20.0).copy()
-    at = 8.0
-    a = int(at * SR)
-    query *= 10 ** (9 / 20) * np.std(y) / np.std(query[a:a + y.shape[0]])
-    query[a:a + y.shape[0]] += y
-    query = query.astype(np.float32)
+    name, at = "track02.wav", 8.0
+    query, ref_start = _under_louder_music(catalogue, name, 20.0, 2.0, seed=1, louder_db=9,
+                                           at=at)
     mcfg = MATCH_PRESETS["default"]
     m = [x for x in index.match_audio(query, SR, mcfg).matches if track_of(x) == name][0]
     assert m.score < mcfg.min_score and m.significance < mcfg.min_significance
@@ -514,14 +522,9 @@ def test_a_use_with_few_landmarks_left_is_checked_by_its_waveform(catalogue, ind
     identity the coherence test still checks it (``coherence_min_score``), and its
     waveform stands out: reported at the right place.  With the floor at
     ``verify_min_score``, or the coherence route closed, it is not reported."""
-    name = "track03.wav"
-    y, ref_start = catalogue.excerpt(name, 10.0, 4.0)
-    query = catalogue.other_song(NON_CATALOGUE_SEEDS[2], 20.0).copy()
-    at = 8.0
-    a = int(at * SR)
-    query *= 10 ** (3 / 20) * np.std(y) / np.std(query[a:a + y.shape[0]])
-    query[a:a + y.shape[0]] += y
-    query = query.astype(np.float32)
+    name, at = "track03.wav", 8.0
+    query, ref_start = _under_louder_music(catalogue, name, 10.0, 4.0, seed=2, louder_db=3,
+                                           at=at)
     mcfg = MATCH_PRESETS["default"]
     m = [x for x in index.match_audio(query, SR, mcfg).matches if track_of(x) == name][0]
     assert mcfg.coherence_min_score <= m.score < mcfg.verify_min_score
