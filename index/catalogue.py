@@ -368,8 +368,9 @@ class Index:
         # their contrast: the peak test compares the alignment with other alignments of
         # the same two signals, which is what contrast approximates with other recordings
         # (the correlation test still asks for the contrast, see verify.passes).
-        # (The search keeps nothing under ``mcfg.candidate_min_score`` landmarks.)
-        # At identity the coherence test also checks weaker candidates.
+        # (The search keeps nothing under ``mcfg.candidate_min_score`` landmarks, but
+        # at identity down to ``mcfg.coherence_min_score``.)  At identity the coherence
+        # test also checks weaker candidates.
         weak = [e for e in found if (not self._coherence_only(e, mcfg)
                                      or (mcfg.coherence_min_significance <= e.significance
                                          and verify.coherence_applies(e.speed, e.pitch)))
