@@ -268,6 +268,53 @@ def test_votes_equal_a_plain_count_across_chunks_and_table_growth():
     assert any(t == 9 and s >= 30 for t, _, s in expected)
 
 
+def test_refined_pairs_equal_a_fresh_look_up_at_the_refined_hypothesis():
+    """``refine_pairs`` reuses the pairs found at a grid hypothesis for the keys a landmark
+    probes at both: its output must equal ``collect_pairs`` run afresh at the refined
+    hypothesis, element for element, whether few or many landmarks' keys changed."""
+    from earmark.match import QueryLandmarks, SegmentView, collect_pairs, refine_pairs
+
+    rng = np.random.default_rng(5)
+    common = rng.choice(1 << hashes.KEY_BITS, 400, replace=False).astype(np.int64)
+    tracks = [1, 2, 3]
+    keys = [common[rng.integers(0, common.shape[0], 8000)] for _ in tracks]
+    frames = [rng.integers(0, 90_000, 8000) for _ in tracks]      # two slots per track
+    arrays = store.build_segment_arrays(tracks, keys, frames)
+    live = np.ones(arrays["slot_track"].shape[0], np.bool_)
+    live[arrays["slot_track"] == 3] = False                       # a removed track
+    view = SegmentView(arrays["bucket_start"], arrays["key_lo"], arrays["postings"],
+                       arrays["slot_track"], arrays["slot_frame0"], live)
+    q_keys = common[rng.integers(0, common.shape[0], 3000)]
+    f1, df, dt = hashes.unpack_key(q_keys)
+    # Continuous coordinates anywhere in their bins (some near the edges: multi-probing).
+    query = QueryLandmarks(time=np.sort(rng.uniform(0.0, 600.0, q_keys.shape[0])),
+                           f1=(f1 + rng.random(f1.shape[0])) * hashes.F1_STEP_SEMITONES,
+                           df=(df - hashes.DF_ZERO + rng.random(df.shape[0]))
+                           * hashes.DF_STEP_SEMITONES,
+                           dt=dt + hashes.DT_MIN_FRAMES + rng.random(dt.shape[0]), duration=10.0)
+    q = (query.time, query.f1, query.df, query.dt)
+    for track in (1, 2, 3):
+        for s, p in ((1.0, 0.0), (0.94, -1.0)):
+            grid = collect_pairs(*q, s, p, track, 0.0, s, np.inf, *view.arrays(), 0.2)
+            assert (np.diff(grid[0]) >= 0).all()
+            for ds, dp, tol in ((0.0, 0.0, np.inf), (0.002, 0.03, np.inf),
+                                (-0.006, -0.2, 20000.0)):
+                slope, pitch = s * (1 + ds), p + dp
+                fresh = collect_pairs(*q, slope, pitch, track, 30.0, slope, tol, *view.arrays(),
+                                      0.2)
+                reused = refine_pairs(*q, slope, pitch, grid, s, p, track, 30.0, slope, tol,
+                                      *view.arrays(), 0.2)
+                for a, b in zip(fresh, reused):
+                    np.testing.assert_array_equal(a, b)
+                if (s, tol) == (1.0, np.inf):   # the query's own keys, every frame
+                    assert (fresh[0].shape[0] > 0) == (track != 3)
+    # The far refinement probes keys the grid point did not: both branches ran.
+    moved = collect_pairs(*q, 0.994, -0.2, 1, 0.0, 0.994, np.inf, *view.arrays(), 0.2)
+    grid = collect_pairs(*q, 1.0, 0.0, 1, 0.0, 1.0, np.inf, *view.arrays(), 0.2)
+    assert set(zip(moved[0].tolist(), moved[2].tolist())) - set(zip(grid[0].tolist(),
+                                                                     grid[2].tolist()))
+
+
 @pytest.mark.parametrize("per_key", [1, 3, 40])   # small buckets are scanned, large bisected
 def test_key_range_finds_exactly_the_postings_of_a_key(per_key):
     from earmark.match import _key_range
