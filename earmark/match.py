@@ -29,7 +29,8 @@ a coordinate within ``probe_margin`` of a bin edge is also looked up in the neig
 bin.  The best hypothesis is then refined: a least-squares line through the matched
 (query time, reference time) pairs gives the speed factor, and the mean residual of the
 anchor frequencies inside their key bins gives the pitch shift; a final look-up at the
-refined ``(s, p)`` collects the evidence.
+refined ``(s, p)`` collects the evidence (:func:`refine_pairs`: the keys a landmark
+probes at both the grid point and the refined hypothesis are not looked up again).
 
 Coarse to fine: voting every hypothesis with all query landmarks (~200 per second then) made the
 search ~15x the cost of plain matching.  The grid is first voted with the query's
@@ -915,7 +916,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     max_refine = 4 * mcfg.max_matches + 8
     top = cands[order[: 8 * max_refine]]
     # Pre-filter with the same chance model as the final significance, on the coarse
-    # two-bin window: refining a candidate costs two look-up passes.
+    # two-bin window: refining a candidate costs a look-up pass and most of another.
     # The chance rate depends on the hypothesis only, so each hypothesis gets a minimum
     # vote count (significance grows with the count).
     def passes_prefilter(significance: float) -> np.ndarray:
