@@ -27,8 +27,9 @@ Steps (each timed; progress with ETA through ``progress``):
    two clean 10 s windows of *every* indexed track.
 3. **Matching** in process with :meth:`Index.match_audio` under the default
    :class:`MatchConfig` and ``MATCH_PRESETS["fast"]`` (the cost of the robustness
-   search, same run; in alternating blocks of 16 queries), plus a *threshold probe* on the negatives with the thresholds
-   lowered, to show how close chance alignments come to the default threshold.
+   search, same run; in alternating blocks of 16 queries), plus a *threshold probe* on
+   the negatives with the thresholds lowered, to show how close chance alignments come
+   to the default threshold.
 4. **Scoring** (:func:`score_result`): hit@1, reference offset within 0.1 s (a different
    offset is accepted only where the reference audio itself repeats, verified on the
    reference samples: looped game/film music), location of embedded excerpts within
