@@ -167,11 +167,21 @@ def _lower_bound(key_lo: np.ndarray, first: int, last: int, lo: int) -> int:
     return first
 
 
+_KEY_TABLE_LENGTH = (1 << hashes.KEY_BITS) + 1
+
+
 @njit(cache=True, nogil=True)
-def _key_range(bucket_start: np.ndarray, key_lo: np.ndarray, key: int) -> tuple[int, int]:
-    """Postings ``[first, last)`` of ``key``: its bucket, then the run of its low bits
-    (postings are sorted by key within a bucket).  An unsorted (damaged) bucket can only
-    give wrong postings, never a read outside the bucket."""
+def _key_range(key_table: np.ndarray, key_lo: np.ndarray, key: int) -> tuple[int, int]:
+    """Postings ``[first, last)`` of ``key``.
+
+    ``key_table`` is either a per-key offset table (2**KEY_BITS + 1 entries,
+    :func:`earmark.index.store.key_offsets`): one read; or the segment's bucket table:
+    ``key``'s bucket, then the run of its low bits (postings are sorted by key within a
+    bucket).  An unsorted (damaged) bucket can only give wrong postings, never a read
+    outside the bucket."""
+    if key_table.shape[0] == _KEY_TABLE_LENGTH:
+        return np.int64(key_table[key]), np.int64(key_table[key + 1])
+    bucket_start = key_table
     bucket = key >> hashes.LO_BITS
     lo = key & _LO_MASK
     first = np.int64(bucket_start[bucket])  # (uint32 + int64 would be float in Numba)
@@ -574,7 +584,9 @@ class QueryLandmarks:
 
 @dataclass
 class SegmentView:
-    """Arrays of one store segment plus its live-slot mask."""
+    """Arrays of one store segment plus its live-slot mask, and optionally the segment's
+    per-key offsets (:func:`earmark.index.store.key_offsets`), which the kernels then read
+    instead of searching ``bucket_start`` and ``key_lo`` (the same postings)."""
 
     bucket_start: np.ndarray
     key_lo: np.ndarray
@@ -582,10 +594,12 @@ class SegmentView:
     slot_track: np.ndarray
     slot_frame0: np.ndarray
     slot_live: np.ndarray
+    key_start: np.ndarray | None = None
 
     def arrays(self) -> tuple:
-        return (self.bucket_start, self.key_lo, self.postings, self.slot_track,
-                self.slot_frame0, self.slot_live)
+        table = self.bucket_start if self.key_start is None else self.key_start
+        return (table, self.key_lo, self.postings, self.slot_track, self.slot_frame0,
+                self.slot_live)
 
 
 @dataclass

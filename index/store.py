@@ -192,6 +192,40 @@ def build_segment_arrays(track_ids: list[int], keys: list[np.ndarray],
     }
 
 
+def key_offsets(bucket_start: np.ndarray, key_lo: np.ndarray,
+                chunk_buckets: int = 4096) -> np.ndarray:
+    """Per-key offsets of a segment, derived from its bucket table and low key bits.
+
+    The postings of key ``k`` are ``[out[k], out[k + 1])``: one read instead of a search
+    inside ``k``'s bucket (``bucket_start``, then ``key_lo``), which is most of what a
+    look-up costs.  2**KEY_BITS + 1 ``uint32`` offsets (4 MB), counted ``chunk_buckets``
+    buckets at a time (the temporaries stay ~4 bytes per posting of one chunk).  For a
+    sorted bucket ``out[k]`` is exactly where the bucket search finds ``k``; an unsorted
+    (damaged) bucket can only give wrong postings, as every offset stays inside its
+    bucket.  ``bucket_start`` must be valid (from 0, non-decreasing, ending at
+    ``len(key_lo)``), as :func:`open_segment` checks.
+
+    >>> a = build_segment_arrays([1], [np.array([5, 5, 17, 40])], [np.arange(4)])
+    >>> out = key_offsets(a["bucket_start"], a["key_lo"])
+    >>> [int(out[k]) for k in (5, 6, 17, 18)], int(out[-1])
+    ([0, 2, 2, 3], 4)
+    """
+    n_lo = 1 << hashes.LO_BITS
+    starts = np.asarray(bucket_start, dtype=np.int64)
+    n_buckets = starts.shape[0] - 1
+    counts = np.zeros(n_buckets * n_lo, dtype=np.int64)
+    for b0 in range(0, n_buckets, chunk_buckets):
+        b1 = min(b0 + chunk_buckets, n_buckets)
+        first, last = int(starts[b0]), int(starts[b1])
+        # Each posting's key relative to the chunk's first: (bucket - b0, low bits).
+        local = np.repeat(np.arange(b1 - b0, dtype=np.uint32) * n_lo, np.diff(starts[b0:b1 + 1]))
+        local |= np.asarray(key_lo[first:last], dtype=np.uint32) & (n_lo - 1)
+        counts[b0 * n_lo:b1 * n_lo] = np.bincount(local, minlength=(b1 - b0) * n_lo)
+    out = np.zeros(n_buckets * n_lo + 1, dtype=np.uint32)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
 _ARRAY_ORDER = (("bucket_start", np.uint32), ("key_lo", np.uint8), ("postings", np.uint32),
                 ("slot_track", np.int64), ("slot_frame0", np.int64))
 

@@ -323,10 +323,52 @@ def test_key_range_finds_exactly_the_postings_of_a_key(per_key):
     keys = rng.integers(0, 1 << 10, 600 * per_key).astype(np.int64) * 997 % (1 << hashes.KEY_BITS)
     arrays = store.build_segment_arrays([1], [keys], [np.arange(keys.shape[0]) % 60000])
     sorted_keys = np.sort(keys)
+    key_start = store.key_offsets(arrays["bucket_start"], arrays["key_lo"], chunk_buckets=1000)
     for key in np.concatenate([keys[:50], rng.integers(0, 1 << hashes.KEY_BITS, 50)]):
-        first, last = _key_range(arrays["bucket_start"], arrays["key_lo"], int(key))
-        assert (first, last) == (np.searchsorted(sorted_keys, key, "left"),
-                                 np.searchsorted(sorted_keys, key, "right"))
+        expected = (np.searchsorted(sorted_keys, key, "left"),
+                    np.searchsorted(sorted_keys, key, "right"))
+        assert _key_range(arrays["bucket_start"], arrays["key_lo"], int(key)) == expected
+        # The per-key table (read directly) gives the same postings.
+        assert _key_range(key_start, arrays["key_lo"], int(key)) == expected
+
+
+def test_per_key_offsets_count_every_key_and_stay_inside_damaged_buckets():
+    """The per-key table holds, for every key, where its postings start (all 2**20 keys
+    against a plain count); in a damaged bucket (unsorted low bits, values past the
+    layout's) its offsets still never leave the bucket."""
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 1 << hashes.KEY_BITS, 20_000).astype(np.int64)
+    arrays = store.build_segment_arrays([1], [keys], [np.arange(keys.shape[0]) % 60000])
+    key_start = store.key_offsets(arrays["bucket_start"], arrays["key_lo"], chunk_buckets=777)
+    counts = np.bincount(keys, minlength=1 << hashes.KEY_BITS)
+    assert key_start.shape[0] == (1 << hashes.KEY_BITS) + 1
+    assert np.array_equal(key_start[1:], np.cumsum(counts)) and key_start[0] == 0
+
+    damaged = arrays["key_lo"].copy()
+    damaged[::7] = 255 - damaged[::7]
+    bad = store.key_offsets(arrays["bucket_start"], damaged)
+    bucket_of_key = np.arange(1 << hashes.KEY_BITS) >> hashes.LO_BITS
+    bs = arrays["bucket_start"].astype(np.int64)
+    assert np.all(bad[:-1] >= bs[bucket_of_key]) and np.all(bad[1:] <= bs[bucket_of_key + 1])
+    assert np.all(np.diff(bad.astype(np.int64)) >= 0)
+
+
+def test_index_looks_up_through_per_key_tables_with_the_same_results(catalogue, index,
+                                                                   monkeypatch):
+    """An opened index reads its segments' per-key tables; above the size limit it searches
+    the buckets instead.  Either way a query gets the same matches."""
+    assert all(v.key_start is not None for v in index._views)
+    queries = [catalogue.excerpt(n, 7.0, 6.0)[0] for n in catalogue.names[:3]]
+    with_table = [index.match_audio(y, catalogue.sr).matches for y in queries]
+    monkeypatch.setattr(catalogue_mod, "KEY_TABLE_MAX_POSTINGS", 0)
+    searched = catalogue_mod.Index.open(index.path)
+    assert all(v.key_start is None for v in searched._views)
+    without = [searched.match_audio(y, catalogue.sr).matches for y in queries]
+    assert [[m.reference.track_id for m in ms] for ms in with_table] == \
+        [[m.reference.track_id for m in ms] for ms in without]
+    assert all(ms for ms in with_table)
+    assert [[(m.score, m.query_start, m.speed) for m in ms] for ms in with_table] == \
+        [[(m.score, m.query_start, m.speed) for m in ms] for ms in without]
 
 
 def test_stop_keys_cast_no_votes():
