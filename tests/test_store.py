@@ -355,20 +355,21 @@ def test_per_key_offsets_count_every_key_and_stay_inside_damaged_buckets():
 
 def test_index_looks_up_through_per_key_tables_with_the_same_results(catalogue, index,
                                                                    monkeypatch):
-    """An opened index reads its segments' per-key tables; above the size limit it searches
-    the buckets instead.  Either way a query gets the same matches."""
-    assert all(v.key_start is not None for v in index._views)
+    """A query reads the segments' per-key tables, built on the index's first query (not on
+    opening); above the size limit it searches the buckets instead.  Either way a query gets
+    the same matches."""
     queries = [catalogue.excerpt(n, 7.0, 6.0)[0] for n in catalogue.names[:3]]
     with_table = [index.match_audio(y, catalogue.sr).matches for y in queries]
+    assert all(v.key_start is not None for v in index.match_views())
     monkeypatch.setattr(catalogue_mod, "KEY_TABLE_MAX_POSTINGS", 0)
-    searched = catalogue_mod.Index.open(index.path)
-    assert all(v.key_start is None for v in searched._views)
+    searched = Index.open(index.path)
+    assert searched._match_views is None and all(v.key_start is None for v in searched._views)
     without = [searched.match_audio(y, catalogue.sr).matches for y in queries]
-    assert [[m.reference.track_id for m in ms] for ms in with_table] == \
-        [[m.reference.track_id for m in ms] for ms in without]
+    assert all(v.key_start is None for v in searched.match_views())
     assert all(ms for ms in with_table)
-    assert [[(m.score, m.query_start, m.speed) for m in ms] for ms in with_table] == \
-        [[(m.score, m.query_start, m.speed) for m in ms] for ms in without]
+    assert [[(m.reference.track_id, m.score, m.query_start, m.speed) for m in ms]
+            for ms in with_table] == \
+        [[(m.reference.track_id, m.score, m.query_start, m.speed) for m in ms] for ms in without]
 
 
 def test_stop_keys_cast_no_votes():
