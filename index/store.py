@@ -213,16 +213,17 @@ def key_offsets(bucket_start: np.ndarray, key_lo: np.ndarray,
     n_lo = 1 << hashes.LO_BITS
     starts = np.asarray(bucket_start, dtype=np.int64)
     n_buckets = starts.shape[0] - 1
-    counts = np.zeros(n_buckets * n_lo, dtype=np.int64)
+    # Postings per key first (in place of the offsets: no second 2**KEY_BITS array).
+    out = np.zeros(n_buckets * n_lo + 1, dtype=np.uint32)
     for b0 in range(0, n_buckets, chunk_buckets):
         b1 = min(b0 + chunk_buckets, n_buckets)
         first, last = int(starts[b0]), int(starts[b1])
         # Each posting's key relative to the chunk's first: (bucket - b0, low bits).
         local = np.repeat(np.arange(b1 - b0, dtype=np.uint32) * n_lo, np.diff(starts[b0:b1 + 1]))
         local |= np.asarray(key_lo[first:last], dtype=np.uint32) & (n_lo - 1)
-        counts[b0 * n_lo:b1 * n_lo] = np.bincount(local, minlength=(b1 - b0) * n_lo)
-    out = np.zeros(n_buckets * n_lo + 1, dtype=np.uint32)
-    np.cumsum(counts, out=out[1:])
+        out[1 + b0 * n_lo:1 + b1 * n_lo] = np.bincount(local, minlength=(b1 - b0) * n_lo)
+    # A segment holds at most 2**32 - 1 postings (uint32 bucket table): no overflow.
+    np.cumsum(out[1:], out=out[1:])
     return out
 
 
