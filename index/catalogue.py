@@ -210,7 +210,7 @@ def _segment_view(seg: store.Segment, removed: set[int]) -> SegmentView:
 
 def _with_key_table(view: SegmentView) -> SegmentView:
     """``view`` with its per-key offsets when the segment is under ``KEY_TABLE_MAX_POSTINGS``."""
-    if view.key_start is not None or view.postings.shape[0] > KEY_TABLE_MAX_POSTINGS:
+    if view.postings.shape[0] > KEY_TABLE_MAX_POSTINGS:
         return view
     return dataclasses.replace(view, key_start=store.key_offsets(view.bucket_start, view.key_lo))
 

@@ -362,10 +362,10 @@ def test_index_looks_up_through_per_key_tables_with_the_same_results(catalogue, 
     with_table = [index.match_audio(y, catalogue.sr).matches for y in queries]
     assert all(v.key_start is not None for v in index.match_views())
     monkeypatch.setattr(catalogue_mod, "KEY_TABLE_MAX_POSTINGS", 0)
-    searched = Index.open(index.path)
-    assert searched._match_views is None and all(v.key_start is None for v in searched._views)
-    without = [searched.match_audio(y, catalogue.sr).matches for y in queries]
-    assert all(v.key_start is None for v in searched.match_views())
+    with Index.open(index.path) as searched:
+        assert searched._match_views is None
+        without = [searched.match_audio(y, catalogue.sr).matches for y in queries]
+        assert all(v.key_start is None for v in searched.match_views())
     assert all(ms for ms in with_table)
     assert [[(m.reference.track_id, m.score, m.query_start, m.speed) for m in ms]
             for ms in with_table] == \
