@@ -476,7 +476,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
         L.append(_table(["run", "files", "audio h", "seconds", "× real-time", "× RT per process"], rows))
         L.append(f"\nIndexing at -j {ix['runs'][-1]['jobs']} runs at {_f(ix.get('ratio_to_decode_only'), '{:.2f}')}× "
                  f"the decode-only throughput; speed-up over one process {_f(ix.get('speedup'), '{:.2f}')}×"
-                 f" ({ix.get('note')}).\n")
+                 f" ({ix.get('note')}).")
+        wu = ix.get("warmup")
+        if wu:
+            L.append(f"The timed runs follow a warm-up: indexing one 20-s synthetic song took "
+                     f"{_f(wu['seconds'], '{:.1f}')} s (Numba compiles the indexing kernels on a "
+                     f"first run with no cache: a one-time cost per install and per kernel "
+                     f"change), and reading the catalogue files {_f(wu['read_seconds'], '{:.1f}')} s "
+                     f"(indexing and decode-only then read the same page cache).")
+        L.append("")
         st = ix.get("stages")
         if st:
             names = ["decode", "resample", "spectrogram", "peaks", "hashing", "store"]

@@ -766,6 +766,39 @@ def _run_in_child(fn: Callable[..., Any], args: tuple, progress: ProgressFn, sta
     return result
 
 
+def _warmup_child(work_dir: str, files: list[str], report: Callable) -> dict[str, Any]:
+    """Before the timed indexing runs: compile the indexing kernels and read the catalogue.
+
+    Numba compiles each kernel on its first call in a process with no cache for it (a
+    fresh install, or a changed kernel) and caches it on disk for the next one; every
+    worker of the first ``fp index`` pays it.  Measured on a fresh checkout: 8.4 s for the
+    first one-file ``fp index``, 1.2 s for the next, so a cold run read indexing at 0.56x
+    decode-only where warm runs read ~0.7x.  A 20-s synthetic song indexed here compiles
+    the kernels once; reading every catalogue file puts indexing and decode-only on the
+    same page cache.  The one-time compile is reported, not hidden (``seconds``).
+    """
+    import soundfile as sf
+
+    from earmark.index.catalogue import Index
+    from earmark.synth import synth_song
+
+    t0 = time.perf_counter()
+    sr = 22050
+    wav = os.path.join(work_dir, "warmup.wav")
+    sf.write(wav, synth_song(seed=7, seconds=20.0, sr=sr), sr)
+    with Index.open_writer(os.path.join(work_dir, "index")) as idx:
+        idx.add([wav], jobs=1)
+    compile_s = time.perf_counter() - t0
+    n_bytes = 0
+    for i, f in enumerate(files):
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                n_bytes += len(chunk)
+        report(i + 1, len(files))
+    return {"seconds": compile_s, "read_seconds": time.perf_counter() - t0 - compile_s,
+            "read_bytes": n_bytes}
+
+
 def _index_child(index_dir: str, files: list[str], jobs: int, report: Callable) -> dict[str, Any]:
     from earmark.index.catalogue import Index
 
@@ -1188,6 +1221,8 @@ def _run(catalogue_dir, negatives_dir, out: Path, quick, seed, transforms, n_que
     }
 
     # ---------------------------------------------------------------- (a) indexing
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        warmup = _run_in_child(_warmup_child, (tmp, cat_files), prog, "warm-up (JIT, page cache)")
     index_dir = str(out / "index")
     t0 = time.perf_counter()
     run_n = _run_in_child(_index_child, (index_dir, cat_files, jobs), prog, f"index -j{jobs}")
@@ -1221,6 +1256,7 @@ def _run(catalogue_dir, negatives_dir, out: Path, quick, seed, transforms, n_que
     doc["indexing"] = {
         "runs": [run_1] + ([run_n_subset] if run_n_subset else []) + [run_n],
         "speedup": speedup, "decode_only": dec,
+        "warmup": warmup,
         "ratio_to_decode_only": (run_n["x_realtime"] / dec["x_realtime"]
                                  if dec.get("x_realtime") and run_n.get("x_realtime") else None),
         "stages": stages,

@@ -299,6 +299,9 @@ def test_quick_run_on_synthetic_catalogue(tmp_path):
     assert loaded["indexing"]["runs"][0]["jobs"] == 1 and loaded["indexing"]["runs"][1]["jobs"] == 2
     assert loaded["indexing"]["runs"][0]["landmarks"] == loaded["indexing"]["runs"][1]["landmarks"]
     assert loaded["indexing"]["decode_only"]["x_realtime"] > 0
+    # The warm-up read every catalogue file whole before the timed runs.
+    assert loaded["indexing"]["warmup"]["read_bytes"] == sum(f.stat().st_size for f in cat.iterdir())
+    assert "The timed runs follow a warm-up" in (out / "results.md").read_text()
     assert set(loaded["indexing"]["stages"]["seconds"]) == {"decode", "resample", "spectrogram",
                                                               "peaks", "hashing", "store"}
     assert loaded["index"]["bytes_per_audio_second"] > 0
