@@ -559,6 +559,31 @@ def tempo_key_region(hyp_s: np.ndarray, hyp_p: np.ndarray) -> np.ndarray:
     return (hyp_s != 1.0) & (hyp_p != 0.0) & (np.abs(hyp_p - 12.0 * np.log2(hyp_s)) > 1e-9)
 
 
+def key_order(f1_bin: np.ndarray, df: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """The permutation ``np.lexsort((dt, df, f1_bin))``: by anchor bin, then pitch
+    difference, then time difference, ties in input order.
+
+    ``np.lexsort`` runs a stable comparison sort per key: 0.77 ms for the ~5 800
+    landmarks of a 10-s query, 5 % of its whole match.  Here, when the pitch differences
+    are all distinct (continuous peak positions make that the rule), an unstable SIMD
+    sort on them and a stable radix sort on the small integer anchor bins give the same
+    permutation in ~0.1 ms; otherwise ``np.lexsort`` itself.
+
+    >>> f1, df, dt = np.array([2., 1., 2., 1.]), np.array([.5, .7, .1, .2]), np.zeros(4)
+    >>> key_order(f1, df, dt).tolist()
+    [3, 1, 2, 0]
+    >>> key_order(f1, np.array([.5, .7, .5, .2]), np.array([3., 0., 1., 0.])).tolist()  # ties
+    [3, 1, 2, 0]
+    """
+    n = f1_bin.shape[0]
+    if n > 1 and float(f1_bin.min()) >= 0 and float(f1_bin.max()) < (1 << 15):
+        by_df = np.argsort(df)
+        sorted_df = df[by_df]
+        if not ((sorted_df[1:] == sorted_df[:-1]).any() or np.isnan(sorted_df[-1])):
+            return by_df[np.argsort(f1_bin[by_df].astype(np.int16), kind="stable")]
+    return np.lexsort((dt, df, f1_bin))
+
+
 @dataclass
 class QueryLandmarks:
     """Query landmarks as contiguous arrays for the kernels."""
@@ -574,8 +599,8 @@ class QueryLandmarks:
         """Arrays in key order: under any (speed, pitch) hypothesis the f1 and df bins keep
         their order, so look-ups walk the bucket table almost sequentially (the index is
         memory-bound: this ordering alone makes the search ~2x faster)."""
-        order = np.lexsort((lm.delta_time, lm.delta_semitone,
-                            np.floor(lm.anchor_semitone / hashes.F1_STEP_SEMITONES)))
+        order = key_order(np.floor(lm.anchor_semitone / hashes.F1_STEP_SEMITONES),
+                          lm.delta_semitone, lm.delta_time)
         c = np.ascontiguousarray
         return cls(c(lm.anchor_time[order], np.float64), c(lm.anchor_semitone[order], np.float64),
                    c(lm.delta_semitone[order], np.float64), c(lm.delta_time[order], np.float64),

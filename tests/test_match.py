@@ -769,3 +769,25 @@ def test_match_segment_of_an_excerpt_under_noise_is_its_own(catalogue, index):
     assert abs(m.query_start - 9.5) <= 0.2 and abs(m.query_end - 15.5) <= 0.2
     assert abs(m.reference_start - 14.0) <= 0.2 and abs(alignment_offset(m) - 4.5) <= 0.1
     assert m.coverage == pytest.approx((m.query_end - m.query_start) / 24.0, abs=1e-6)
+
+
+def test_key_order_is_lexsorts_permutation():
+    """The fast landmark ordering gives exactly np.lexsort's permutation: distinct pitch
+    differences (the rule), ties (the fallback), NaN, and anchor bins out of int16 range."""
+    from earmark.match import key_order
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 17, 6000):
+        f1 = np.floor(rng.uniform(0, 130, n))
+        df = rng.normal(0.0, 8.0, n)
+        dt = rng.uniform(1.0, 66.0, n)
+        cases = [(f1, df, dt),
+                 (f1, np.round(df), dt),                      # many tied df, dt decides
+                 (f1, np.round(df), np.round(dt)),            # ties on both: input order
+                 (f1 + 40000.0, df, dt)]                      # bins past int16
+        if n > 2:
+            with_nan = df.copy()
+            with_nan[[0, n // 2]] = np.nan
+            cases.append((f1, with_nan, dt))
+        for a, b, c in cases:
+            assert key_order(a, b, c).tolist() == np.lexsort((c, b, a)).tolist()
