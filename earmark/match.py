@@ -1166,9 +1166,12 @@ def evidence_to_match(e: _Evidence, reference: Reference, query_duration: float,
     r_end = (e.line_b + e.speed * q_end / frame_seconds) * frame_seconds
     order = np.argsort(e.q_frames)
     step = max(1, order.shape[0] // 400)
-    alignment = tuple((round(float(e.q_frames[i]) * frame_seconds, 3),
-                       round(float(e.ref_frames[i]) * frame_seconds, 3))
-                      for i in order[::step])
+    shown = order[::step]
+    # (The same float64 products as ``float(frame) * frame_seconds``, made in one numpy
+    # call each instead of per point: ~0.3 ms of a 15-ms query went to that loop.)
+    alignment = tuple((round(q, 3), round(r, 3))
+                      for q, r in zip((e.q_frames[shown] * frame_seconds).tolist(),
+                                      (e.ref_frames[shown] * frame_seconds).tolist()))
     return Match(reference=reference, score=e.score, significance=round(e.significance, 2),
                  query_start=q_start, query_end=q_end, reference_start=r_start,
                  reference_end=r_end,
