@@ -389,3 +389,16 @@ def test_fast_seek_reads_the_same_window(tmp_path, monkeypatch, fmt, subtype, sr
         inner = slice(200, -200)
         errs = [np.max(np.abs(np.roll(seeked, k)[inner] - plain[inner])) for k in lags]
         assert min(errs) < 1e-3
+
+
+def test_channel_mean_is_numpys_mean_bit_for_bit():
+    """The decoder's downmix equals numpy's float32 mean over the stacked channels
+    exactly (same order of additions, same division), for stereo and more channels."""
+    rng = np.random.default_rng(11)
+    for n_channels in (2, 3, 6):
+        channels = [(rng.standard_normal(48_001) * 10.0 ** rng.uniform(-4, 1)).astype(np.float32)
+                    for _ in range(n_channels)]
+        expected = np.stack(channels).mean(axis=0, dtype=np.float32)
+        got = audio._mean_of_channels(channels)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
