@@ -507,9 +507,10 @@ def refine_pairs(q_time, q_f1, q_df, q_dt, scale, pitch, grid_pairs, grid_scale,
 # ----------------------------------------------------------------------------- search
 
 
+@functools.lru_cache(maxsize=16)
 def hypothesis_grid(cfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
     """The (speed, pitch) hypotheses searched, identity first (read-only arrays, built
-    once per grid: 0.2 ms a query, 1-2 % of one, had gone to rebuilding them).
+    once per setting: 0.2 ms a query, 1-2 % of one, had gone to rebuilding them).
 
     Examples
     --------
@@ -526,42 +527,30 @@ def hypothesis_grid(cfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
     >>> int(tempo_key_region(s, p).sum())           # tempo +-10 % x key +-3 st, off the lines
     132
     """
-    return _grid(cfg.speed_step, cfg.min_speed, cfg.max_speed, cfg.search_tempo,
-                 cfg.search_speed, cfg.search_pitch, cfg.max_pitch_semitones,
-                 cfg.pitch_step_semitones, cfg.search_tempo_key, cfg.tempo_key_max_semitones,
-                 cfg.tempo_key_max_change)
-
-
-@functools.lru_cache(maxsize=16)
-def _grid(speed_step: float, min_speed: float, max_speed: float, search_tempo: bool,
-          search_speed: bool, search_pitch: bool, max_pitch_semitones: float,
-          pitch_step_semitones: float, search_tempo_key: bool, tempo_key_max_semitones: float,
-          tempo_key_max_change: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`hypothesis_grid` of the settings it depends on (cached)."""
     hyps = [(1.0, 0.0)]
-    step = math.log1p(speed_step)
-    k_lo = math.ceil(math.log(min_speed) / step)
-    k_hi = math.floor(math.log(max_speed) / step)
+    step = math.log1p(cfg.speed_step)
+    k_lo = math.ceil(math.log(cfg.min_speed) / step)
+    k_hi = math.floor(math.log(cfg.max_speed) / step)
     scales = [math.exp(k * step) for k in range(k_lo, k_hi + 1) if k != 0]
-    if search_tempo:
+    if cfg.search_tempo:
         hyps += [(s, 0.0) for s in scales]
-    if search_speed:
+    if cfg.search_speed:
         hyps += [(s, 12.0 * math.log2(s)) for s in scales]
-    if search_pitch:
-        n = int(math.floor(max_pitch_semitones / pitch_step_semitones + 1e-9))
-        hyps += [(1.0, k * pitch_step_semitones) for k in range(-n, n + 1) if k != 0]
-    if search_tempo_key:
-        n = int(math.floor(tempo_key_max_semitones / pitch_step_semitones + 1e-9))
-        pitches = [k * pitch_step_semitones for k in range(-n, n + 1) if k != 0]
+    if cfg.search_pitch:
+        n = int(math.floor(cfg.max_pitch_semitones / cfg.pitch_step_semitones + 1e-9))
+        hyps += [(1.0, k * cfg.pitch_step_semitones) for k in range(-n, n + 1) if k != 0]
+    if cfg.search_tempo_key:
+        n = int(math.floor(cfg.tempo_key_max_semitones / cfg.pitch_step_semitones + 1e-9))
+        pitches = [k * cfg.pitch_step_semitones for k in range(-n, n + 1) if k != 0]
         for s in scales:
-            if abs(math.log(s)) > math.log1p(tempo_key_max_change) + 1e-9:
+            if abs(math.log(s)) > math.log1p(cfg.tempo_key_max_change) + 1e-9:
                 continue
             hyps += [(s, p) for p in pitches
-                     if abs(p - 12.0 * math.log2(s)) >= 0.5 * pitch_step_semitones]
+                     if abs(p - 12.0 * math.log2(s)) >= 0.5 * cfg.pitch_step_semitones]
     arr = np.asarray(hyps, dtype=np.float64)
-    speeds, pitches = arr[:, 0].copy(), arr[:, 1].copy()
-    speeds.flags.writeable = pitches.flags.writeable = False
-    return speeds, pitches
+    speeds, shifts = arr[:, 0].copy(), arr[:, 1].copy()
+    speeds.flags.writeable = shifts.flags.writeable = False
+    return speeds, shifts
 
 
 def tempo_key_region(hyp_s: np.ndarray, hyp_p: np.ndarray) -> np.ndarray:

@@ -131,13 +131,14 @@ def _decode_failure(path: str | os.PathLike, reason: str) -> AudioError:
                       f"not audio ({reason})")
 
 
-def _downmix(x: np.ndarray, channel_axis: int) -> np.ndarray:
-    """Average channels into a contiguous float32 mono signal."""
+def _downmix(x: np.ndarray) -> np.ndarray:
+    """Average the channels of interleaved samples ``(n, channels)`` (libsndfile's layout)
+    into a contiguous float32 mono signal (planar channels: :func:`_mean_of_channels`)."""
     if x.ndim == 1:
         return np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[channel_axis] == 1:
+    if x.shape[1] == 1:
         return np.ascontiguousarray(x.reshape(-1), dtype=np.float32)
-    return np.ascontiguousarray(x.mean(axis=channel_axis, dtype=np.float32))
+    return np.ascontiguousarray(x.mean(axis=1, dtype=np.float32))
 
 
 def _mean_of_channels(channels: list[np.ndarray]) -> np.ndarray:
@@ -215,7 +216,7 @@ def _open_soundfile(p: Path, name: str, block_seconds: float,
                     raise _decode_failure(p, f"read error: {_reason(err)}") from None
                 if len(x) == 0:
                     return
-                yield _downmix(x, channel_axis=1)
+                yield _downmix(x)
                 # libsndfile returns a short block only at the end (also for a truncated
                 # data chunk, whose frame count it derives from the real file size).
                 if len(x) < block_frames:
