@@ -1058,8 +1058,11 @@ def _match_all(idx: Any, specs: Sequence[QuerySpec], mcfg: Any, stage: str,
 
 
 def _match_interleaved(idx: Any, specs: Sequence[QuerySpec], mcfgs: Sequence[Any], stage: str,
-                       progress: ProgressFn, block: int = 16) -> list[dict[str, QueryResult]]:
+                       progress: ProgressFn, block: int = 16,
+                       cpu: list[dict[str, float]] | None = None) -> list[dict[str, QueryResult]]:
     """Match every query with each config, in alternating blocks of ``block`` queries.
+    With ``cpu`` (one dict per config), each query's CPU seconds go there: those of the
+    whole process, so the matcher's voting threads count.
 
     Latencies of the configs are compared as a ratio, and the machine may be shared: run
     one config over all queries and then the other, and a neighbour busy during one half
@@ -1078,10 +1081,13 @@ def _match_interleaved(idx: Any, specs: Sequence[QuerySpec], mcfgs: Sequence[Any
         order = range(len(mcfgs)) if b % 2 == 0 else reversed(range(len(mcfgs)))
         for k in order:
             for s, (y, sr) in zip(part, audio):
+                cpu0 = time.process_time()
                 try:
                     out[k][s.qid] = idx.match_audio(y, sr, mcfgs[k], label=s.qid)
                 except EarmarkError as e:
                     out[k][s.qid] = QueryResult(query=s.qid, duration=len(y) / sr, error=str(e))
+                if cpu is not None:
+                    cpu[k][s.qid] = time.process_time() - cpu0
         progress(stage, first + len(part), len(specs))
     return out
 
@@ -1308,8 +1314,11 @@ def _run(catalogue_dir, negatives_dir, out: Path, quick, seed, transforms, n_que
     _match_all(idx, [warm], m_default, "warm-up", _null_progress)
     _match_all(idx, [warm], m_fast, "warm-up", _null_progress)
     t0 = time.perf_counter()
+    cpu_default: dict[str, float] = {}
+    cpu_fast: dict[str, float] = {}
     res_default, res_fast = _match_interleaved(idx, specs, [m_default, m_fast],
-                                               "match (default and fast)", prog)
+                                               "match (default and fast)", prog,
+                                               cpu=[cpu_default, cpu_fast])
     timings["match_default_and_fast"] = time.perf_counter() - t0
     rss_match = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     probe_cfg = m_default.with_(min_significance=0.0, min_score=4)
@@ -1358,18 +1367,22 @@ def _run(catalogue_dir, negatives_dir, out: Path, quick, seed, transforms, n_que
                                               and r["kind"] != "self"]))
 
     lat = {}
-    for system, res in (("earmark", res_default), ("earmark-fast", res_fast)):
+    for system, res, cpu_s in (("earmark", res_default, cpu_default),
+                               ("earmark-fast", res_fast, cpu_fast)):
         by_dur: dict[str, list[float]] = {}
         allv = []
+        cpu_ms = []
         for s in specs:
             if res[s.qid].error is None:
                 v = res[s.qid].elapsed * 1000.0
                 allv.append(v)
+                cpu_ms.append(cpu_s[s.qid] * 1000.0)
                 by_dur.setdefault(f"{round(s.duration):d}s", []).append(v)
         clean10 = [res[s.qid].elapsed * 1000.0 for s in specs
                    if s.transform == "clean_10s" and s.kind in ("positive", "self")]
         lat[system] = {"n": len(allv), "p50_ms": _pct(allv, 50), "p95_ms": _pct(allv, 95),
                        "mean_ms": float(np.mean(allv)) if allv else None,
+                       "mean_cpu_ms": float(np.mean(cpu_ms)) if cpu_ms else None,
                        "clean_10s_p50_ms": _pct(clean10, 50), "clean_10s_p95_ms": _pct(clean10, 95),
                        "samples_ms": [round(v, 3) for v in allv],
                        "by_duration": {k: {"n": len(v), "p50_ms": _pct(v, 50), "p95_ms": _pct(v, 95)}

@@ -207,6 +207,19 @@ def test_targets_judge_default_rows_only():
     assert t["speed estimate within 1 % (hits of speed/tempo/pitch rows)"]["pass"] is False
 
 
+def test_matching_speed_against_a_peer_is_cpu_against_cpu():
+    """The peer's CPU per query is set against Earmark's CPU (its voting threads count),
+    not its wall time; a document from before CPU was recorded falls back to wall time."""
+    doc = {"latency": {"earmark": {"mean_ms": 10.0, "mean_cpu_ms": 16.0}},
+           "peers": {"audfprint": {"match": {"per_query_cpu_ms": 64.0}}}}
+    t = {x["target"]: x for x in report.evaluate_targets(doc)}
+    row = t["matching speed per query (CPU time, default search)"]
+    assert row["value"] == pytest.approx(4.0) and row["pass"] is False
+    del doc["latency"]["earmark"]["mean_cpu_ms"]
+    t = {x["target"]: x for x in report.evaluate_targets(doc)}
+    assert t["matching speed per query (CPU time, default search)"]["value"] == pytest.approx(6.4)
+
+
 def test_targets_and_compare():
     doc = {"accuracy": {"earmark": {"clean_5s": {"n": 60, "hits": 60, "hit_at_1": 1.0, "offset_ok": 1.0},
                                     "mix_0db": {"n": 60, "hits": 50, "hit_at_1": 50 / 60, "offset_ok": 0.9}}},
@@ -299,6 +312,9 @@ def test_quick_run_on_synthetic_catalogue(tmp_path):
     assert loaded["indexing"]["runs"][0]["jobs"] == 1 and loaded["indexing"]["runs"][1]["jobs"] == 2
     assert loaded["indexing"]["runs"][0]["landmarks"] == loaded["indexing"]["runs"][1]["landmarks"]
     assert loaded["indexing"]["decode_only"]["x_realtime"] > 0
+    # CPU per query: the whole process's, at least what one thread spends in the wall time.
+    lat = loaded["latency"]["earmark"]
+    assert lat["mean_cpu_ms"] > 0 and lat["mean_cpu_ms"] >= 0.5 * lat["mean_ms"]
     # The warm-up read every catalogue file whole before the timed runs.
     assert loaded["indexing"]["warmup"]["read_bytes"] == sum(f.stat().st_size for f in cat.iterdir())
     assert "The timed runs follow a warm-up" in (out / "results.md").read_text()
