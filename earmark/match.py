@@ -891,6 +891,72 @@ def _unexplained_best(coarse_cands: np.ndarray, n_h: int) -> np.ndarray:
     return best
 
 
+def refine_candidate(query: QueryLandmarks, seg: SegmentView, si: int, track: int, h: int,
+                     n_h: int, b0: float, least: int, grid_pairs: dict,
+                     total_frames: float, track_frames: dict[int, float],
+                     fcfg: FingerprintConfig, mcfg: MatchConfig) -> "_Evidence | None":
+    """Evidence of one candidate: ``track`` aligned near ``ref = b0 + s * query`` under grid
+    hypothesis ``h``, refined to its own line and transform (``None`` under ``least``
+    landmarks).
+
+    Every pair of this track under the hypothesis is collected once (``grid_pairs``
+    caches them per segment, track and hypothesis): how many postings of *this* track
+    the query hits anywhere is its own chance rate (tracks made of common material - the
+    same drum sounds, the same chords - are hit more often).  A line is fitted through
+    the pairs near the candidate's, the pitch is read off the anchors' residuals in
+    their key bins, and a final look-up at the refined transform collects the evidence:
+    the densest run of aligned landmarks.
+    """
+    hyp_s, hyp_p = hypothesis_grid(mcfg)
+    s, p = float(hyp_s[h]), float(hyp_p[h])
+    W = mcfg.offset_bin_frames
+    tol_final = mcfg.inlier_seconds / fcfg.frame_seconds
+    max_gap_frames = mcfg.max_gap_seconds / fcfg.frame_seconds
+    query_frames = query.duration / fcfg.frame_seconds
+    min_span = 1.0 / fcfg.frame_seconds
+    # (No line filter, so the same for every candidate of this track and hypothesis:
+    # a track's second alignment, e.g. a repeated section, reuses them.)
+    grid = grid_pairs.get((si, track, h))
+    if grid is None:
+        grid = grid_pairs[(si, track, h)] = collect_pairs(
+            query.time, query.f1, query.df, query.dt, s, p, track, 0.0, s, np.inf,
+            *seg.arrays(), mcfg.probe_margin)
+    q_idx, ref_f, post_idx, res, _ = grid
+    chance_pairs = q_idx.shape[0]
+    x = query.time[q_idx]
+    band = np.abs(ref_f - (b0 + s * x)) <= 2.0 * W
+    if band.sum() < 3:
+        return None
+    x, ref_f, res = x[band], ref_f[band], res[band]
+    b, slope = _fit_line(x, ref_f, s, min_span)
+    for tol in (W, tol_final):
+        keep = np.abs(ref_f - (b + slope * x)) <= tol
+        if keep.sum() < 3:
+            break
+        b, slope = _fit_line(x[keep], ref_f[keep], slope, min_span)
+    pitch = p + float(np.mean(res)) * hashes.F1_STEP_SEMITONES
+    # Final look-up at the refined hypothesis: the evidence.
+    q_idx, ref_f, post_idx, res, keys = refine_pairs(
+        query.time, query.f1, query.df, query.dt, slope, pitch, grid, s, p, track, b,
+        slope, tol_final, *seg.arrays(), mcfg.probe_margin)
+    if q_idx.shape[0] < least:
+        return None
+    run = _densest_run(query.time[q_idx], max_gap_frames)
+    q_idx, ref_f, post_idx, res, keys = q_idx[run], ref_f[run], post_idx[run], res[run], keys[run]
+    score = _unique_count(q_idx, post_idx, keys)
+    if score < least:
+        return None
+    if q_idx.shape[0] >= 8:
+        pitch = pitch + float(np.mean(res)) * hashes.F1_STEP_SEMITONES
+    x = query.time[q_idx]
+    significance = _significance(score, chance_pairs, float(x.max() - x.min()) + max_gap_frames,
+                                 query_frames, track_frames.get(track, total_frames),
+                                 total_frames, tol_final, float(hypothesis_tests(n_h, h)))
+    return _Evidence(track=track, segment=si, score=score, significance=significance,
+                     speed=slope, pitch=pitch, line_b=b, q_frames=x,
+                     ref_frames=ref_f, q_end_frames=x + query.dt[q_idx])
+
+
 def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: float,
            track_frames: dict[int, float], fcfg: FingerprintConfig,
            mcfg: MatchConfig, coarse: QueryLandmarks | None = None) -> list[_Evidence]:
@@ -990,10 +1056,6 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     candidates += [(row, 1) for row in top[weak].tolist()]
     candidates += [(row, 2) for row in top[coherent].tolist()]
     budget = [max_refine, VERIFY_MAX_REFINE, COHERENCE_MAX_REFINE]
-    tol_final = mcfg.inlier_seconds / fcfg.frame_seconds
-    max_gap_frames = mcfg.max_gap_seconds / fcfg.frame_seconds
-    query_frames = query.duration / fcfg.frame_seconds
-    min_span = 1.0 / fcfg.frame_seconds
     found: list[_Evidence] = []
     attempts: dict[int, list[tuple[float, float]]] = {}
     grid_pairs: dict[tuple[int, int, int], tuple] = {}
@@ -1003,7 +1065,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             continue
         if tier >= 1 and any(e.significance >= mcfg.min_significance for e in found):
             break   # the query matches: no sub-threshold search beside it (cost)
-        s, p = float(hyp_s[h]), float(hyp_p[h])
+        s = float(hyp_s[h])
         b0 = (off_bin + 1.0) * W
         # Already tried: the same track on a nearby line (the same alignment shows up in
         # neighbouring hypotheses and bins), or enough alignments of this track.
@@ -1013,54 +1075,13 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             continue
         tried.append((b0, s))
         refined[tier] += 1
-        seg = segments[si]
-        # Every pair of this track under the hypothesis: how many postings of *this*
-        # track the query hits anywhere is its own chance rate (tracks made of common
-        # material - the same drum sounds, the same chords - are hit more often).
-        # (No line filter, so the same for every candidate of this track and hypothesis:
-        # a track's second alignment, e.g. a repeated section, reuses them.)
-        grid = grid_pairs.get((si, track, h))
-        if grid is None:
-            grid = grid_pairs[(si, track, h)] = collect_pairs(
-                query.time, query.f1, query.df, query.dt, s, p, track, 0.0, s, np.inf,
-                *seg.arrays(), mcfg.probe_margin)
-        q_idx, ref_f, post_idx, res, _ = grid
-        chance_pairs = q_idx.shape[0]
-        x = query.time[q_idx]
-        band = np.abs(ref_f - (b0 + s * x)) <= 2.0 * W
-        if band.sum() < 3:
-            continue
-        x, ref_f, res = x[band], ref_f[band], res[band]
-        b, slope = _fit_line(x, ref_f, s, min_span)
-        for tol in (W, tol_final):
-            keep = np.abs(ref_f - (b + slope * x)) <= tol
-            if keep.sum() < 3:
-                break
-            b, slope = _fit_line(x[keep], ref_f[keep], slope, min_span)
-        pitch = p + float(np.mean(res)) * hashes.F1_STEP_SEMITONES
-        # Final look-up at the refined hypothesis: the evidence.
-        q_idx, ref_f, post_idx, res, keys = refine_pairs(
-            query.time, query.f1, query.df, query.dt, slope, pitch, grid, s, p, track, b,
-            slope, tol_final, *seg.arrays(), mcfg.probe_margin)
         # At identity the coherence test can take a candidate with fewer landmarks.
         least = coherence_min_score if (tier >= 1 and h == 0) else min_score
-        if q_idx.shape[0] < least:
-            continue
-        run = _densest_run(query.time[q_idx], max_gap_frames)
-        q_idx, ref_f, post_idx, res, keys = q_idx[run], ref_f[run], post_idx[run], res[run], keys[run]
-        score = _unique_count(q_idx, post_idx, keys)
-        if score < least:
-            continue
-        if q_idx.shape[0] >= 8:
-            pitch = pitch + float(np.mean(res)) * hashes.F1_STEP_SEMITONES
-        x = query.time[q_idx]
-        significance = _significance(score, chance_pairs, float(x.max() - x.min()) + max_gap_frames,
-                                     query_frames, track_frames.get(track, total_frames),
-                                     total_frames, tol_final, float(hypothesis_tests(n_h, h)))
-        tried.append((b, slope))
-        found.append(_Evidence(track=track, segment=si, score=score, significance=significance,
-                               speed=slope, pitch=pitch, line_b=b, q_frames=x,
-                               ref_frames=ref_f, q_end_frames=x + query.dt[q_idx]))
+        e = refine_candidate(query, segments[si], si, track, h, n_h, b0, least, grid_pairs,
+                             total_frames, track_frames, fcfg, mcfg)
+        if e is not None:
+            tried.append((e.line_b, e.speed))
+            found.append(e)
     _set_contrasts(found, track_best, CONTRAST_FLOOR_FRACTION * mcfg.min_score,
                    mcfg.min_significance)
     return _suppress_overlaps(found, mcfg.shadow_ratio)
