@@ -1087,6 +1087,80 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     return _suppress_overlaps(found, mcfg.shadow_ratio)
 
 
+#: The mix look refines at most this many alignments (the strongest over two windows).
+MIX_MAX_REFINE = 4
+#: Fewest votes of an alignment in one window that the mix look's vote reports.
+MIX_MIN_WINDOW_VOTES = 3
+
+
+def _window_query(query: QueryLandmarks, first_frame: float, end_frame: float) -> QueryLandmarks:
+    """The landmarks anchored in ``[first_frame, end_frame)`` (still in key order)."""
+    keep = (query.time >= first_frame) & (query.time < end_frame)
+    c = np.ascontiguousarray
+    return QueryLandmarks(c(query.time[keep]), c(query.f1[keep]), c(query.df[keep]),
+                          c(query.dt[keep]), query.duration)
+
+
+def mix_search(query: QueryLandmarks, segments: list[SegmentView], total_frames: float,
+               track_frames: dict[int, float], fcfg: FingerprintConfig,
+               mcfg: MatchConfig) -> list[_Evidence]:
+    """Identity alignments of the *mix look*, strongest first (see
+    :attr:`~earmark.fingerprint.config.MatchConfig.mix_peaks_per_second`).
+
+    ``query`` holds the mix look's landmarks (small peak neighbourhoods, dense).  They are
+    voted at identity in windows of ``mix_window_seconds`` (one pass each, on the voting
+    threads); an alignment's strength is its votes in two neighbouring windows, so a
+    short use stands out of the chance votes of its own few seconds.  The
+    ``MIX_MAX_REFINE`` strongest alignments (one per track and place) are refined on the
+    landmarks of those windows and a window either side (:func:`refine_candidate`;
+    significance over that span), and those reaching ``mix_min_significance`` are
+    returned, most significant first, for the coherence test: they are candidates, never
+    matches by themselves.
+    """
+    W = mcfg.offset_bin_frames
+    window = mcfg.mix_window_seconds / fcfg.frame_seconds
+    n_windows = max(1, int(math.ceil(query.duration / mcfg.mix_window_seconds)))
+    identity = np.zeros(1, np.int64)
+    passes = [_VotePass(_window_query(query, k * window, (k + 1) * window), identity,
+                        MIX_MIN_WINDOW_VOTES, mcfg.probe_margin, mcfg.stop_key_ratio)
+              for k in range(n_windows)]
+    n_threads = max(1, mcfg.threads or (os.cpu_count() or 1))
+    outputs = _vote_passes(passes, np.ones(1), np.zeros(1), segments, n_threads, mcfg)
+    rows = [np.concatenate([c, np.full((c.shape[0], 1), k, np.int64)], axis=1)
+            for k, (c, _) in enumerate(outputs) if c.shape[0]]
+    if not rows:
+        return []
+    cells = np.concatenate(rows)             # score, hypothesis, track, bin, segment, window
+    place, inverse = np.unique(cells[:, [4, 2, 3]], axis=0, return_inverse=True)
+    votes = np.zeros((place.shape[0], n_windows + 1), np.int64)
+    np.maximum.at(votes, (inverse.ravel(), cells[:, 5]), cells[:, 0])
+    pair_votes = votes[:, :-1] + votes[:, 1:]        # windows k and k + 1 together
+    best_window = pair_votes.argmax(axis=1)
+    strength = pair_votes[np.arange(place.shape[0]), best_window]
+    order = np.lexsort((place[:, 2], place[:, 1], place[:, 0], -strength))
+    hyp_s, _ = hypothesis_grid(mcfg)
+    chosen: list[tuple[int, int, int, int]] = []
+    for i in order.tolist():
+        si, track, off_bin = (int(v) for v in place[i])
+        if any(t == track and abs(b - off_bin) <= 3 for _, t, b, _ in chosen):
+            continue
+        chosen.append((si, track, off_bin, int(best_window[i])))
+        if len(chosen) == MIX_MAX_REFINE:
+            break
+    found = []
+    for si, track, off_bin, k in chosen:
+        span = _window_query(query, (k - 1) * window, (k + 3) * window)
+        span = QueryLandmarks(span.time, span.f1, span.df, span.dt,
+                              min(query.duration, 4 * mcfg.mix_window_seconds))
+        e = refine_candidate(span, segments[si], si, track, 0, hyp_s.shape[0],
+                             (off_bin + 1.0) * W, mcfg.coherence_min_score, {},
+                             total_frames, track_frames, fcfg, mcfg)
+        if e is not None and e.significance >= mcfg.mix_min_significance:
+            found.append(e)
+    found.sort(key=lambda e: (-e.significance, e.track))
+    return found
+
+
 def _span(e: _Evidence) -> tuple[float, float]:
     """Query segment of the evidence, in frames."""
     return float(e.q_frames.min()), float(e.q_end_frames.max())

@@ -330,6 +330,36 @@ class MatchConfig:
         bench queries of 13 transformed rows and no match on 211 negatives.  Small indexes
         are unaffected: the limit never falls below ``stop_key_min_postings``, which the dev
         index (under one posting per key) never reaches.
+    mix_peaks_per_second, mix_fan_out : float, int
+        The *mix look* (``verify_audio`` only; 0 peaks = off): when nothing else is found,
+        a recording used as it is under other music as loud may still be there.  At 0 dB
+        the added music is louder in most of the recording's peak neighbourhoods
+        (+-6 frames x +-2 semitones), so 8-22 % of the catalogue side's peaks are still
+        query peaks and a landmark, which needs two, survives 0-5 times in 5 s: too few to
+        be a candidate (measured on the bench's five missed 5-s excerpts in 30 s of other
+        music).  The query is then analysed again with small neighbourhoods
+        (``mix_neighbourhood_*``) at this density and fan-out: 14-41 % of those peaks
+        found, the true alignment 9-10 landmarks in three of the five.  These landmarks
+        are voted at identity only, window by window (``mix_window_seconds``), and their
+        strongest alignments go to the coherence test alone (the waveform, which such
+        a use keeps: ``coherence_z`` 44-106 at the five true alignments); no landmark
+        count of the mix look makes a match.  (60 / 20 against 60 / 30 and 100 / 30:
+        as many true alignments at the top for a third to half the look-ups.)
+    mix_neighbourhood_frames, mix_neighbourhood_semitones : int, float
+        Peak neighbourhood of the mix look (+-2 frames = +-32 ms, +-2 bins).
+    mix_window_seconds : float
+        The mix look counts an alignment's landmarks in windows of this length, two
+        neighbouring windows together (a 5-s use stands out of the chance votes of 5 s,
+        not of the whole query's).
+    mix_min_fraction : float
+        A mix-look alignment is checked on the audio from this fraction of
+        ``min_significance`` (0.25: 5 of 20; significance of :mod:`earmark.match`, over
+        the alignment's two windows and one either side), at most
+        :data:`earmark.verify.COHERENCE_MAX_CHECKS` a query.  Measured on the bench's
+        queries: the 220 negatives' strongest chance alignments reach 11.0, 5 or more on
+        23 of them (2.1 median); the true alignments of the 60 5-s excerpts in 30 s of
+        other music, 4.8-225 (5.4 and 6.9 for two of the five the rest of the search
+        missed).  The coherence test decides (chance ``coherence_z`` <= 4.4 against 10).
     threads : int
         Threads for the hypothesis search of one query (0 = one per core).  Batch
         scans with one worker process per core use 1.
@@ -375,6 +405,12 @@ class MatchConfig:
     stop_key_ratio: float = 4.0
     coarse_stop_key_ratio: float = 2.0
     stop_key_min_postings: int = 64
+    mix_peaks_per_second: float = 60.0
+    mix_fan_out: int = 20
+    mix_neighbourhood_frames: int = 2
+    mix_neighbourhood_semitones: float = 2.0 / 3.0
+    mix_window_seconds: float = 2.5
+    mix_min_fraction: float = 0.25
     threads: int = 0
     derivation: bool = True
 
@@ -404,6 +440,25 @@ class MatchConfig:
         """Fewest aligned landmarks of a candidate the search keeps: ``min_score``, or
         ``verify_min_score`` when weaker candidates are checked on the audio."""
         return min(self.min_score, self.verify_min_score) if self.verifies else self.min_score
+
+    @property
+    def mix_look(self) -> bool:
+        """Whether a query with no match is looked at again for a recording under a loud
+        mix (``mix_peaks_per_second``; needs the coherence test, so ``verify_audio``)."""
+        return self.verifies and self.mix_peaks_per_second > 0
+
+    @property
+    def mix_min_significance(self) -> float:
+        """Least significance of a mix-look alignment checked on the audio (5 by
+        default)."""
+        return self.mix_min_fraction * self.min_significance
+
+    def mix_peak_config(self, query: PeakConfig) -> PeakConfig:
+        """The query side's peak picking for the mix look."""
+        return replace(query, peaks_per_second=self.mix_peaks_per_second,
+                       fan_out=self.mix_fan_out,
+                       neighbourhood_frames=self.mix_neighbourhood_frames,
+                       neighbourhood_semitones=self.mix_neighbourhood_semitones)
 
     @property
     def needs_audio(self) -> bool:

@@ -35,7 +35,7 @@ from earmark.fingerprint.config import DEFAULT, FingerprintConfig, MatchConfig, 
 from earmark.fingerprint.landmarks import (MIN_SECONDS as MIN_QUERY_SECONDS, Landmarks,
                                            check_fingerprintable, fingerprint_audio,
                                            fingerprint_file, sparser)
-from earmark.match import QueryLandmarks, SegmentView, evidence_to_match, search
+from earmark.match import QueryLandmarks, SegmentView, evidence_to_match, mix_search, search
 from earmark import verify, windows
 from earmark.threads import single_threaded_blas
 from . import derivation, store
@@ -420,6 +420,8 @@ class Index:
         pairs += self._verified(lm.audio, weak, to_match, mcfg) if weak else []
         pairs.sort(key=lambda p: rank(p[0]))
         matches = [m for _, m in pairs[: mcfg.max_matches]]
+        if not matches and mcfg.mix_look and lm.audio is not None:
+            matches = self._mix_look(lm.audio, lm.duration, mcfg)
         if mcfg.audio_edges and lm.audio is not None:
             matches = [self._with_audio_edges(lm.audio, m) for m in matches]
         if mcfg.derivation and lm.audio is not None and lm.audio.shape[0]:
@@ -427,21 +429,45 @@ class Index:
         return QueryResult(query=label, duration=lm.duration, matches=tuple(matches),
                            elapsed=time.perf_counter() - t0)
 
-    def _verified(self, y: np.ndarray, weak: list, to_match, mcfg: MatchConfig) -> list:
+    def _mix_look(self, y: np.ndarray, duration: float, mcfg: MatchConfig) -> list[Match]:
+        """Matches of the mix look (``MatchConfig.mix_peaks_per_second``): a query with no
+        match analysed again with small peak neighbourhoods, its identity alignments
+        (:func:`earmark.match.mix_search`) checked by the coherence test alone; one match
+        per recording."""
+        mix_cfg = self.config.with_(query=mcfg.mix_peak_config(self.config.query))
+        lm = fingerprint_audio(y, mix_cfg, side="query", max_dt_frames=self.config.max_pair_frames)
+        found = mix_search(QueryLandmarks.from_landmarks(lm), self.match_views(),
+                           self.total_frames, self._track_frames, self.config, mcfg)
+        if not found:
+            return []
+        refs = self.meta.get_many([e.track for e in found])
+
+        def to_match(e) -> Match:
+            return evidence_to_match(e, refs.get(e.track) or self.reference(e.track),
+                                     duration, self.config.frame_seconds)
+
+        matches: dict[int, Match] = {}
+        for _, m in self._verified(y, found, to_match, mcfg, coherence_only=True):
+            matches.setdefault(m.reference.track_id, m)
+        return list(matches.values())
+
+    def _verified(self, y: np.ndarray, weak: list, to_match, mcfg: MatchConfig,
+                  coherence_only: bool = False) -> list:
         """``(evidence, match)`` of the weak candidates (landmark evidence under the
         threshold) whose audio passes the check against their catalogue file
-        (:mod:`earmark.verify`); each match carries the check as ``verified``."""
+        (:mod:`earmark.verify`); each match carries the check as ``verified``.
+        ``coherence_only``: every candidate is checked by the coherence test alone."""
         out = []
-        coherence_only = 0
+        coherence_checks = 0
         for e in weak:
             m = to_match(e)
             # Under the floors of the other tests only the coherence test can pass it
             # (checked first, the rest only if it holds; at most COHERENCE_MAX_CHECKS).
             gate = None
-            if self._coherence_only(e, mcfg):
-                if coherence_only >= verify.COHERENCE_MAX_CHECKS:
+            if coherence_only or self._coherence_only(e, mcfg):
+                if coherence_checks >= verify.COHERENCE_MAX_CHECKS:
                     continue
-                coherence_only += 1
+                coherence_checks += 1
                 gate = mcfg.verify_min_coherence_z
             check = verify.verify_segment(y, m.query_start, m.query_end,
                                           m.reference.path, m.reference_start, m.speed,

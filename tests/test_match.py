@@ -481,8 +481,26 @@ def test_a_use_under_the_landmark_floor_is_found_by_its_peaks(catalogue, index):
     assert abs(alignment_offset(m) - (ref_start - at)) <= 0.1
     assert m.verified is not None and m.verified.peaks_z >= mcfg.verify_min_peaks_z
     assert abs(m.query_start - at) <= 0.5, m.query_start
-    floor = mcfg.with_(verify_min_score=mcfg.min_score)
+    floor = mcfg.with_(verify_min_score=mcfg.min_score, mix_peaks_per_second=0.0)
     assert not [x for x in index.match_audio(query, SR, floor).matches if track_of(x) == name]
+
+
+def test_the_mix_look_finds_a_use_the_landmarks_leave_under_their_floor(catalogue, index):
+    """The same 3 s under music twice as loud, without the peak test's tier: the mix look
+    (small peak neighbourhoods, identity voted window by window) proposes its alignment,
+    and the coherence test alone accepts it, at its place; with the mix look off it is
+    not found (the test above), and the unrelated music alone gives no match."""
+    name = "track01.wav"
+    query, ref_start = _under_louder_music(catalogue, name, 20.0, 3.0, 1, 6.0, 8.0)
+    mcfg = MATCH_PRESETS["default"].with_(verify_min_score=MATCH_PRESETS["default"].min_score)
+    assert mcfg.mix_look
+    m = [x for x in index.match_audio(query, SR, mcfg).matches if track_of(x) == name][0]
+    assert abs(alignment_offset(m) - (ref_start - 8.0)) <= 0.1
+    assert abs(m.speed - 1.0) <= 0.01 and abs(m.pitch_semitones) <= 0.25
+    assert m.verified is not None and m.verified.coherence_z >= mcfg.verify_min_coherence_z
+    assert abs(m.query_start - 8.0) <= 0.5, m.query_start
+    other = catalogue.other_song(NON_CATALOGUE_SEEDS[1], 20.0)
+    assert index.match_audio(other, SR, mcfg).matches == ()
 
 
 def _under_louder_music(catalogue, name: str, start: float, seconds: float, seed: int,
@@ -531,7 +549,9 @@ def test_a_use_with_few_landmarks_left_is_checked_by_its_waveform(catalogue, ind
     assert abs(alignment_offset(m) - (ref_start - at)) <= 0.1
     assert abs(m.query_start - at) <= 0.5 and abs(m.query_end - (at + 4.0)) <= 0.5
     assert m.verified.coherence_z >= mcfg.verify_min_coherence_z
-    for closed in (mcfg.with_(coherence_min_score=mcfg.verify_min_score),
+    # (The mix look, another route to the coherence test, is closed too in the first.)
+    for closed in (mcfg.with_(coherence_min_score=mcfg.verify_min_score,
+                              mix_peaks_per_second=0.0),
                    mcfg.with_(verify_min_coherence_z=math.inf)):
         assert not [x for x in index.match_audio(query, SR, closed).matches
                     if track_of(x) == name]
