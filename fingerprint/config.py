@@ -338,13 +338,14 @@ class MatchConfig:
         query peaks and a landmark, which needs two, survives 0-5 times in 5 s: too few to
         be a candidate (measured on the bench's five missed 5-s excerpts in 30 s of other
         music).  The query is then analysed again with small neighbourhoods
-        (``mix_neighbourhood_*``) at this density and fan-out: 14-41 % of those peaks
+        (``mix_neighbourhood_*``) at this density and fan-out: 12-41 % of those peaks
         found, the true alignment 9-10 landmarks in three of the five.  These landmarks
         are voted at identity only, window by window (``mix_window_seconds``), and their
         strongest alignments go to the coherence test alone (the waveform, which such
         a use keeps: ``coherence_z`` 44-106 at the five true alignments); no landmark
-        count of the mix look makes a match.  (60 / 20 against 60 / 30 and 100 / 30:
-        as many true alignments at the top for a third to half the look-ups.)
+        count of the mix look makes a match.  (Whole-query identity votes of those
+        five: at 60 / 20 the three true alignments ranked 1st, 4th and 8th; at 60 / 30,
+        1st, 3rd and 4th for 1.5x the landmarks; at 100 / 30, 6th, 30th and 114th.)
     mix_neighbourhood_frames, mix_neighbourhood_semitones : int, float
         Peak neighbourhood of the mix look (+-2 frames = +-32 ms, +-2 bins).
     mix_window_seconds : float
@@ -353,12 +354,12 @@ class MatchConfig:
         not of the whole query's).
     mix_min_fraction : float
         A mix-look alignment is checked on the audio from this fraction of
-        ``min_significance`` (0.25: 5 of 20; significance of :mod:`earmark.match`, over
+        ``min_significance`` (0.2: 4 of 20; significance of :mod:`earmark.match`, over
         the alignment's two windows and one either side), at most
         :data:`earmark.verify.COHERENCE_MAX_CHECKS` a query.  Measured on the bench's
-        queries: the 220 negatives' strongest chance alignments reach 11.0, 5 or more on
-        23 of them (2.1 median); the true alignments of the 60 5-s excerpts in 30 s of
-        other music, 4.8-225 (5.4 and 6.9 for two of the five the rest of the search
+        queries: the 220 negatives' strongest chance alignments reach 13.2, 4 or more on
+        42 of them (2.3 median); the true alignments of the 60 5-s excerpts in 30 s of
+        other music, 5.0-225 (5.0 and 6.9 for two of the five the rest of the search
         missed).  The coherence test decides (chance ``coherence_z`` <= 4.4 against 10).
     threads : int
         Threads for the hypothesis search of one query (0 = one per core).  Batch
@@ -410,7 +411,7 @@ class MatchConfig:
     mix_neighbourhood_frames: int = 2
     mix_neighbourhood_semitones: float = 2.0 / 3.0
     mix_window_seconds: float = 2.5
-    mix_min_fraction: float = 0.25
+    mix_min_fraction: float = 0.2
     threads: int = 0
     derivation: bool = True
 
@@ -449,7 +450,7 @@ class MatchConfig:
 
     @property
     def mix_min_significance(self) -> float:
-        """Least significance of a mix-look alignment checked on the audio (5 by
+        """Least significance of a mix-look alignment checked on the audio (4 by
         default)."""
         return self.mix_min_fraction * self.min_significance
 
