@@ -355,8 +355,8 @@ class MatchConfig:
     mix_min_fraction : float
         A mix-look alignment is checked on the audio from this fraction of
         ``min_significance`` (0.2: 4 of 20; significance of :mod:`earmark.match`, over
-        the alignment's two windows and one either side), at most
-        :data:`earmark.verify.COHERENCE_MAX_CHECKS` a query.  Measured on the bench's
+        the alignment's two windows and one either side), the two most significant
+        (:data:`earmark.match.MIX_MAX_CHECKS`).  Measured on the bench's
         queries: the 220 negatives' strongest chance alignments reach 13.2, 4 or more on
         42 of them (2.3 median); the true alignments of the 60 5-s excerpts in 30 s of
         other music, 5.0-225 (5.0 and 6.9 for two of the five the rest of the search

@@ -35,7 +35,8 @@ from earmark.fingerprint.config import DEFAULT, FingerprintConfig, MatchConfig, 
 from earmark.fingerprint.landmarks import (MIN_SECONDS as MIN_QUERY_SECONDS, Landmarks,
                                            check_fingerprintable, fingerprint_audio,
                                            fingerprint_file, sparser)
-from earmark.match import QueryLandmarks, SegmentView, evidence_to_match, mix_search, search
+from earmark.match import (MIX_MAX_CHECKS, QueryLandmarks, SegmentView, evidence_to_match,
+                           mix_search, search)
 from earmark import verify, windows
 from earmark.threads import single_threaded_blas
 from . import derivation, store
@@ -437,7 +438,8 @@ class Index:
         mix_cfg = self.config.with_(query=mcfg.mix_peak_config(self.config.query))
         lm = fingerprint_audio(y, mix_cfg, side="query", max_dt_frames=self.config.max_pair_frames)
         found = mix_search(QueryLandmarks.from_landmarks(lm), self.match_views(),
-                           self.total_frames, self._track_frames, self.config, mcfg)
+                           self.total_frames, self._track_frames, self.config,
+                           mcfg)[:MIX_MAX_CHECKS]
         if not found:
             return []
         refs = self.meta.get_many([e.track for e in found])
