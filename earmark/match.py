@@ -1127,12 +1127,14 @@ MIX_MAX_CHECKS = 2
 MIX_MIN_WINDOW_VOTES = 3
 
 
-def _window_query(query: QueryLandmarks, first_frame: float, end_frame: float) -> QueryLandmarks:
-    """The landmarks anchored in ``[first_frame, end_frame)`` (still in key order)."""
+def _window_query(query: QueryLandmarks, first_frame: float, end_frame: float,
+                  duration: float | None = None) -> QueryLandmarks:
+    """The landmarks anchored in ``[first_frame, end_frame)`` (still in key order), as a
+    query of ``duration`` seconds (the whole query's by default)."""
     keep = (query.time >= first_frame) & (query.time < end_frame)
     c = np.ascontiguousarray
     return QueryLandmarks(c(query.time[keep]), c(query.f1[keep]), c(query.df[keep]),
-                          c(query.dt[keep]), query.duration)
+                          c(query.dt[keep]), query.duration if duration is None else duration)
 
 
 def mix_search(query: QueryLandmarks, segments: list[SegmentView], total_frames: float,
@@ -1183,9 +1185,8 @@ def mix_search(query: QueryLandmarks, segments: list[SegmentView], total_frames:
             break
     found = []
     for si, track, off_bin, k in chosen:
-        span = _window_query(query, (k - 1) * window, (k + 3) * window)
-        span = QueryLandmarks(span.time, span.f1, span.df, span.dt,
-                              min(query.duration, 4 * mcfg.mix_window_seconds))
+        span = _window_query(query, (k - 1) * window, (k + 3) * window,
+                             min(query.duration, 4 * mcfg.mix_window_seconds))
         e = refine_candidate(span, segments[si], si, track, 0, hyp_s.shape[0],
                              (off_bin + 1.0) * W, mcfg.coherence_min_score, {},
                              total_frames, track_frames, fcfg, mcfg, final_look_up=False)
