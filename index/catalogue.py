@@ -411,11 +411,7 @@ class Index:
         found = sorted((e for e in found if e.significance >= mcfg.min_significance),
                        key=rank)[: mcfg.max_matches]
         weak = sorted(weak, key=lambda e: (-e.significance, e.track))[: mcfg.max_matches]
-        refs = self.meta.get_many([e.track for e in found + weak]) if found or weak else {}
-
-        def to_match(e) -> Match:
-            return evidence_to_match(e, refs.get(e.track) or self.reference(e.track),
-                                     lm.duration, self.config.frame_seconds)
+        to_match = self._to_match(found + weak, lm.duration)
 
         pairs = [(e, to_match(e)) for e in found]
         pairs += self._verified(lm.audio, weak, to_match, mcfg) if weak else []
@@ -430,6 +426,17 @@ class Index:
         return QueryResult(query=label, duration=lm.duration, matches=tuple(matches),
                            elapsed=time.perf_counter() - t0)
 
+    def _to_match(self, evidence: list, duration: float) -> Callable[[Any], Match]:
+        """Evidence -> :class:`Match` for a query of ``duration`` seconds (the references of
+        ``evidence`` read in one metadata query)."""
+        refs = self.meta.get_many([e.track for e in evidence]) if evidence else {}
+
+        def to_match(e) -> Match:
+            return evidence_to_match(e, refs.get(e.track) or self.reference(e.track),
+                                     duration, self.config.frame_seconds)
+
+        return to_match
+
     def _mix_look(self, y: np.ndarray, duration: float, mcfg: MatchConfig) -> list[Match]:
         """Matches of the mix look (``MatchConfig.mix_peaks_per_second``): a query with no
         match analysed again with small peak neighbourhoods, its identity alignments
@@ -442,14 +449,9 @@ class Index:
                            mcfg)[:MIX_MAX_CHECKS]
         if not found:
             return []
-        refs = self.meta.get_many([e.track for e in found])
-
-        def to_match(e) -> Match:
-            return evidence_to_match(e, refs.get(e.track) or self.reference(e.track),
-                                     duration, self.config.frame_seconds)
-
         matches: dict[int, Match] = {}
-        for _, m in self._verified(y, found, to_match, mcfg, coherence_only=True):
+        for _, m in self._verified(y, found, self._to_match(found, duration), mcfg,
+                                   coherence_only=True):
             matches.setdefault(m.reference.track_id, m)
         return list(matches.values())
 
