@@ -822,6 +822,12 @@ def stop_key_limit(n_postings: int, ratio: float, min_postings: int) -> int:
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None
 
 
+def _voting_threads(mcfg: MatchConfig, n_jobs: int) -> int:
+    """Threads for votes of ``n_jobs`` independent parts (``mcfg.threads``, 0 = one per
+    core; never more than the parts)."""
+    return max(1, min(mcfg.threads or (os.cpu_count() or 1), n_jobs))
+
+
 def _thread_pool(n_threads: int) -> ThreadPoolExecutor:
     """The process's voting threads, started once (starting a pool per query cost ~1-3 ms,
     a sizeable share of a 15 ms query).  Keyed by process id: a forked scan or index
@@ -999,7 +1005,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     hyp_s, hyp_p = hypothesis_grid(mcfg)
     n_h = hyp_s.shape[0]
     W = mcfg.offset_bin_frames
-    n_threads = max(1, min(mcfg.threads or (os.cpu_count() or 1), n_h))
+    n_threads = _voting_threads(mcfg, n_h)
     # Candidates the audio check may still accept are weaker than a match's floor.
     min_score = mcfg.candidate_min_score
     coherence_min_score = min(mcfg.coherence_min_score, min_score) if mcfg.verifies else min_score
@@ -1160,8 +1166,8 @@ def mix_search(query: QueryLandmarks, segments: list[SegmentView], total_frames:
     passes = [_VotePass(_window_query(query, k * window, (k + 1) * window), identity,
                         MIX_MIN_WINDOW_VOTES, mcfg.probe_margin, mcfg.stop_key_ratio)
               for k in range(n_windows)]
-    n_threads = max(1, mcfg.threads or (os.cpu_count() or 1))
-    outputs = _vote_passes(passes, np.ones(1), np.zeros(1), segments, n_threads, mcfg)
+    outputs = _vote_passes(passes, np.ones(1), np.zeros(1), segments,
+                           _voting_threads(mcfg, n_windows), mcfg)
     rows = [np.concatenate([c, np.full((c.shape[0], 1), k, np.int64)], axis=1)
             for k, (c, _) in enumerate(outputs) if c.shape[0]]
     if not rows:
