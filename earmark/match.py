@@ -65,8 +65,10 @@ Such dense landmarks also find chance alignments everywhere, and a short use mus
 stand out of its own few seconds, not of the whole query: :func:`mix_search` votes
 identity window by window (2.5 s, two neighbouring windows summed), refines the four
 strongest alignments on the landmarks around them, and hands those reaching a fifth of
-``min_significance`` to the coherence test alone (the two most significant).  No
-landmark count of the mix look makes a match by itself; the waveform decides.
+``min_significance`` to the coherence test alone (the two most significant, and the
+others of a recording whose waveform stood out there but held over too little of the
+segment: a repeat of the section, say).  No landmark count of the mix look makes a
+match by itself; the waveform decides.
 
 Significance
 ------------
@@ -1127,7 +1129,8 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
 #: The mix look refines at most this many alignments (the strongest over two windows).
 MIX_MAX_REFINE = 4
 #: The mix look checks at most this many alignments on the audio, the most significant
-#: first (on the bench the accepted one was the first every time; a check is ~35 ms).
+#: first (a check is ~35 ms), and beyond them only those of a recording with a near miss
+#: among them (:meth:`earmark.index.catalogue.Index._mix_look`).
 MIX_MAX_CHECKS = 2
 #: Fewest votes of an alignment in one window that the mix look's vote reports.
 MIX_MIN_WINDOW_VOTES = 3

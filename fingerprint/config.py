@@ -356,7 +356,8 @@ class MatchConfig:
         A mix-look alignment is checked on the audio from this fraction of
         ``min_significance`` (0.2: 4 of 20; significance of :mod:`earmark.match`, over
         the alignment's two windows and one either side), the two most significant
-        (:data:`earmark.match.MIX_MAX_CHECKS`).  Measured on the bench's
+        (:data:`earmark.match.MIX_MAX_CHECKS`; more of one recording after a near
+        miss of its waveform).  Measured on the bench's
         queries: the 220 negatives' strongest chance alignments reach 13.2, 4 or more on
         42 of them (2.3 median); the true alignments of the 60 5-s excerpts in 30 s of
         other music, 5.0-225 (5.0 and 6.9 for two of the five the rest of the search
