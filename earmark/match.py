@@ -57,7 +57,8 @@ missed, 8-22 % of the catalogue side's peaks were still query peaks, and the tru
 alignment held 0-4 landmarks, ranked 34th or lower among the identity cells; more query
 peaks at the same neighbourhood (70 per second) did not bring them back.  Yet the
 waveform was there (``coherence_z`` 44-106 at the true alignments,
-:mod:`earmark.verify`).  So a query with no match is analysed once more with small
+:mod:`earmark.verify`).  So a query with no match over the landmarks' threshold (none,
+or only matches that rest on an audio check) is analysed once more with small
 neighbourhoods (+-2 frames x +-2 bins, 60 peaks per second, fan-out 20:
 :attr:`~earmark.fingerprint.config.MatchConfig.mix_peaks_per_second`), which keeps
 12-41 % of those peaks and 9-10 landmarks at the true alignment in three of the five.
@@ -68,7 +69,9 @@ strongest alignments on the landmarks around them, and hands those reaching a fi
 ``min_significance`` to the coherence test alone (the two most significant, and the
 others of a recording whose waveform stood out there but held over too little of the
 segment: a repeat of the section, say).  No landmark count of the mix look makes a
-match by itself; the waveform decides.
+match by itself; the waveform decides.  Beside a match that rests on an audio check, the
+mix look's alignment of the same recording elsewhere takes its place where the waveform
+holds better there (a repeat of the section matched weakly, the use itself elsewhere).
 
 Significance
 ------------

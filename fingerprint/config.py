@@ -331,8 +331,9 @@ class MatchConfig:
         are unaffected: the limit never falls below ``stop_key_min_postings``, which the dev
         index (under one posting per key) never reaches.
     mix_peaks_per_second, mix_fan_out : float, int
-        The *mix look* (``verify_audio`` only; 0 peaks = off): when nothing else is found,
-        a recording used as it is under other music as loud may still be there.  At 0 dB
+        The *mix look* (``verify_audio`` only; 0 peaks = off): when no match reaches
+        the landmarks' threshold (none, or only matches resting on an audio check), a
+        recording used as it is under other music as loud may still be there.  At 0 dB
         the added music is louder in most of the recording's peak neighbourhoods
         (+-6 frames x +-2 semitones), so 8-22 % of the catalogue side's peaks are still
         query peaks and a landmark, which needs two, survives 0-5 times in 5 s: too few to
@@ -445,8 +446,8 @@ class MatchConfig:
 
     @property
     def mix_look(self) -> bool:
-        """Whether a query with no match is looked at again for a recording under a loud
-        mix (``mix_peaks_per_second``; needs the coherence test, so ``verify_audio``)."""
+        """Whether a query with no match over the landmarks' threshold is looked at again
+        for a recording under a loud mix (``mix_peaks_per_second``; needs the coherence test, so ``verify_audio``)."""
         return self.verifies and self.mix_peaks_per_second > 0
 
     @property

@@ -142,6 +142,32 @@ def find_audio_files(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], li
     return sorted(files), problems
 
 
+def _with_mix_look(matches: list[Match], mix: list[Match], max_matches: int) -> list[Match]:
+    """``matches`` (each verified on the audio) with the mix look's: where the mix look
+    aligns a matched recording elsewhere (a repeat of its section matched weakly, the use
+    itself at another place of the recording) and its waveform holds better there (a
+    higher ``coherence``), that alignment takes the match's place; other recordings are
+    added.  At the match's own alignment the match stays (a shorter segment reads a higher
+    coherence, not a better alignment)."""
+    out = list(matches)
+    for found in mix:
+        i = next((i for i, m in enumerate(out)
+                  if m.reference.track_id == found.reference.track_id), None)
+        if i is None:
+            out.append(found)
+            continue
+        held = out[i].verified.coherence if out[i].verified is not None else None
+        elsewhere = abs(_offset(found) - _offset(out[i])) >= verify.NULL_MIN_LAG_SECONDS
+        if held is not None and elsewhere and found.verified.coherence > held:
+            out[i] = found
+    return out[:max_matches]
+
+
+def _offset(m: Match) -> float:
+    """Reference time aligned with query time 0 (seconds)."""
+    return m.reference_start - m.speed * m.query_start
+
+
 @dataclass
 class IndexReport:
     """What one ``add`` run did."""
@@ -417,8 +443,13 @@ class Index:
         pairs += self._verified(lm.audio, weak, to_match, mcfg) if weak else []
         pairs.sort(key=lambda p: rank(p[0]))
         matches = [m for _, m in pairs[: mcfg.max_matches]]
-        if not matches and mcfg.mix_look and lm.audio is not None:
-            matches = self._mix_look(lm.audio, lm.duration, mcfg)
+        # Under the landmarks' threshold every match rests on an audio check, and the
+        # mix look may know a better alignment of the same recording (a repeat of its
+        # section verified weakly, the use itself elsewhere) or another recording.
+        if mcfg.mix_look and lm.audio is not None \
+                and all(e.significance < mcfg.min_significance for e, _ in pairs):
+            matches = _with_mix_look(matches, self._mix_look(lm.audio, lm.duration, mcfg),
+                                     mcfg.max_matches)
         if mcfg.audio_edges and lm.audio is not None:
             matches = [self._with_audio_edges(lm.audio, m) for m in matches]
         if mcfg.derivation and lm.audio is not None and lm.audio.shape[0]:
@@ -439,7 +470,7 @@ class Index:
 
     def _mix_look(self, y: np.ndarray, duration: float, mcfg: MatchConfig) -> list[Match]:
         """Matches of the mix look (``MatchConfig.mix_peaks_per_second``): a query with no
-        match analysed again with small peak neighbourhoods, its identity alignments
+        match over the landmarks' threshold analysed again with small peak neighbourhoods, its identity alignments
         (:func:`earmark.match.mix_search`) checked by the coherence test alone; one match
         per recording.
 

@@ -550,6 +550,63 @@ def test_a_near_miss_of_the_mix_look_has_its_recordings_other_alignments_checked
             assert abs(matches[0].query_start - at) <= 0.5, matches[0].query_start
 
 
+def _verified_match(track_id: int, query_start: float, offset: float, coherence: float | None,
+                    speed: float = 1.0):
+    """A match of recording ``track_id`` verified on the audio, its reference time
+    ``offset`` + ``speed`` x query time, over 4 s from ``query_start``."""
+    from earmark.evidence import AudioCheck, Match, Reference
+    return Match(reference=Reference(track_id=track_id, path=f"track{track_id}.wav"), score=8,
+                 significance=8.0, query_start=query_start, query_end=query_start + 4.0,
+                 reference_start=offset + speed * query_start,
+                 reference_end=offset + speed * (query_start + 4.0), coverage=0.4, speed=speed,
+                 pitch_semitones=0.0,
+                 verified=AudioCheck(correlation=0.3, peaks=None, peaks_z=None,
+                                     coherence=coherence,
+                                     coherence_z=None if coherence is None else 30.0))
+
+
+def test_the_mix_look_moves_a_weak_match_only_to_a_better_alignment_elsewhere():
+    """Beside matches that rest on an audio check, the mix look's alignment of the same
+    recording takes a match's place only where it aligns the recording elsewhere and its
+    waveform holds better there; a recording not matched is added."""
+    from earmark.index.catalogue import _with_mix_look
+    repeat = _verified_match(1, 5.4, 394.5, 0.19)                 # a repeat of the section
+    use = _verified_match(1, 3.2, 388.5, 0.51)                    # the use itself
+    assert _with_mix_look([repeat], [use], 10) == [use]
+    assert _with_mix_look([use], [repeat], 10) == [use]           # holds less there
+    tighter = _verified_match(1, 3.4, 388.5 + 0.1, 0.6)           # same alignment, shorter
+    assert _with_mix_look([use], [tighter], 10) == [use]
+    transformed = _verified_match(1, 3.2, 300.0, None, speed=1.05)  # no waveform to compare
+    assert _with_mix_look([transformed], [use], 10) == [transformed]
+    other = _verified_match(2, 12.0, 40.0, 0.3)
+    assert _with_mix_look([repeat], [other], 10) == [repeat, other]
+    assert _with_mix_look([repeat], [other], 1) == [repeat]
+
+
+def test_the_mix_look_runs_when_every_match_rests_on_an_audio_check(catalogue, index,
+                                                                      monkeypatch):
+    """A query whose only match is under the landmarks' threshold (verified on the audio)
+    also gets the mix look; one with a match over it does not."""
+    calls = []
+    real = Index._mix_look
+
+    def counted(self, *args, **kwargs):
+        calls.append(True)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "_mix_look", counted)
+    mcfg = MATCH_PRESETS["default"]
+    weak, _ = _under_louder_music(catalogue, "track02.wav", 20.0, 2.0, seed=1, louder_db=9,
+                                  at=8.0)
+    matches = index.match_audio(weak, SR, mcfg).matches
+    assert [track_of(m) for m in matches] == ["track02.wav"]
+    assert matches[0].significance < mcfg.min_significance and calls
+    calls.clear()
+    clean, _ = catalogue.excerpt("track02.wav", 20.0, 8.0)
+    matches = index.match_audio(clean, SR, mcfg).matches
+    assert matches[0].significance >= mcfg.min_significance and not calls
+
+
 def _under_louder_music(catalogue, name: str, start: float, seconds: float, seed: int,
                         louder_db: float, at: float) -> tuple[np.ndarray, float]:
     """``seconds`` of catalogue song ``name`` from ``start``, placed at ``at`` in 20 s of
