@@ -402,3 +402,30 @@ def test_channel_mean_is_numpys_mean_bit_for_bit():
         got = audio._mean_of_channels(channels)
         assert got.dtype == np.float32 and got.flags.c_contiguous
         assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("ext", ["ogg", "m4a", "mp3"])
+def test_ffmpeg_decoding_keeps_every_frames_samples_in_order(tmp_path, ext):
+    """Files FFmpeg decodes (Vorbis frames can hold 128 samples) are downmixed in groups
+    of whole frames joined by FFmpeg's FIFO: at the file's own rate the result is every
+    decoded frame's samples, in order, averaged over the channels - bit for bit, over
+    several groups and a final partial one."""
+    import av
+
+    x = _stereo(seconds=3.3 * audio.GROUP_SAMPLES / SR_IN, seed=3)
+    path = tmp_path / f"long.{ext}"
+    if ext == "m4a":
+        assert _has_aac_encoder(), "PyAV's FFmpeg has no AAC encoder"
+        _write_m4a(path, x, SR_IN)
+    elif ext == "mp3":
+        sf.write(path, x, SR_IN, format="MP3", subtype="MPEG_LAYER_III")
+    else:
+        sf.write(path, x, SR_IN, subtype="VORBIS")
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray() for f in container.decode(audio=0)]
+    assert len(frames) > 4
+    stacked = np.concatenate(frames, axis=1).astype(np.float32)
+    expected = stacked.mean(axis=0, dtype=np.float32)
+    y = load_audio(path, SR_IN)
+    assert y.shape == expected.shape
+    assert np.array_equal(y.view(np.uint32), expected.view(np.uint32))
