@@ -117,7 +117,7 @@ def shift(m: Match, seconds: float) -> Match:
                    alignment=tuple((round(q + seconds, 3), r) for q, r in m.alignment))
 
 
-def _line_offset(m: Match) -> float:
+def line_offset(m: Match) -> float:
     """Reference time at query time 0 on the match's alignment line."""
     return m.reference_start - m.speed * m.query_start
 
@@ -127,7 +127,7 @@ def _same_use(a: Match, b: Match, gap_seconds: float) -> bool:
     return (a.reference.track_id == b.reference.track_id and a.kind == b.kind
             and abs(b.speed / a.speed - 1.0) <= JOIN_SPEED_RATIO[kind]
             and abs(b.pitch_semitones - a.pitch_semitones) <= JOIN_PITCH_SEMITONES[kind]
-            and abs(_line_offset(b) - _line_offset(a)) <= JOIN_LINE_SECONDS[kind]
+            and abs(line_offset(b) - line_offset(a)) <= JOIN_LINE_SECONDS[kind]
             and b.query_start <= a.query_end + gap_seconds)
 
 

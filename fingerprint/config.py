@@ -447,7 +447,8 @@ class MatchConfig:
     @property
     def mix_look(self) -> bool:
         """Whether a query with no match over the landmarks' threshold is looked at again
-        for a recording under a loud mix (``mix_peaks_per_second``; needs the coherence test, so ``verify_audio``)."""
+        for a recording under a loud mix (``mix_peaks_per_second``; needs the coherence
+        test, so ``verify_audio``)."""
         return self.verifies and self.mix_peaks_per_second > 0
 
     @property

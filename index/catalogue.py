@@ -157,15 +157,11 @@ def _with_mix_look(matches: list[Match], mix: list[Match], max_matches: int) -> 
             out.append(found)
             continue
         held = out[i].verified.coherence if out[i].verified is not None else None
-        elsewhere = abs(_offset(found) - _offset(out[i])) >= verify.NULL_MIN_LAG_SECONDS
+        elsewhere = (abs(windows.line_offset(found) - windows.line_offset(out[i]))
+                     >= verify.NULL_MIN_LAG_SECONDS)
         if held is not None and elsewhere and found.verified.coherence > held:
             out[i] = found
     return out[:max_matches]
-
-
-def _offset(m: Match) -> float:
-    """Reference time aligned with query time 0 (seconds)."""
-    return m.reference_start - m.speed * m.query_start
 
 
 @dataclass
@@ -470,9 +466,9 @@ class Index:
 
     def _mix_look(self, y: np.ndarray, duration: float, mcfg: MatchConfig) -> list[Match]:
         """Matches of the mix look (``MatchConfig.mix_peaks_per_second``): a query with no
-        match over the landmarks' threshold analysed again with small peak neighbourhoods, its identity alignments
-        (:func:`earmark.match.mix_search`) checked by the coherence test alone; one match
-        per recording.
+        match over the landmarks' threshold analysed again with small peak neighbourhoods,
+        its identity alignments (:func:`earmark.match.mix_search`) checked by the coherence
+        test alone; one match per recording.
 
         The ``MIX_MAX_CHECKS`` most significant alignments are checked.  A *near miss*
         among them - the waveform stands out of chance (``coherence_z`` at its gate) but
@@ -507,12 +503,10 @@ class Index:
                 near_miss.add(e.track)
         return list(matches.values())
 
-    def _verified(self, y: np.ndarray, weak: list, to_match, mcfg: MatchConfig,
-                  coherence_only: bool = False) -> list:
+    def _verified(self, y: np.ndarray, weak: list, to_match, mcfg: MatchConfig) -> list:
         """``(evidence, match)`` of the weak candidates (landmark evidence under the
         threshold) whose audio passes the check against their catalogue file
-        (:mod:`earmark.verify`); each match carries the check as ``verified``.
-        ``coherence_only``: every candidate is checked by the coherence test alone."""
+        (:mod:`earmark.verify`); each match carries the check as ``verified``."""
         out = []
         coherence_checks = 0
         for e in weak:
@@ -520,7 +514,7 @@ class Index:
             # Under the floors of the other tests only the coherence test can pass it
             # (checked first, the rest only if it holds; at most COHERENCE_MAX_CHECKS).
             gate = None
-            if coherence_only or self._coherence_only(e, mcfg):
+            if self._coherence_only(e, mcfg):
                 if coherence_checks >= verify.COHERENCE_MAX_CHECKS:
                     continue
                 coherence_checks += 1

@@ -504,11 +504,11 @@ def test_the_mix_look_finds_a_use_the_landmarks_leave_under_their_floor(catalogu
 
 
 def _mix_candidate(track_id: int, q_start: float, q_end: float, ref_offset: float,
-                   significance: float):
+                   significance: float, fs: float):
     """Mix-look evidence of ``track_id`` on the query segment ``[q_start, q_end]`` s,
-    aligned so that reference time = query time + ``ref_offset`` (speed 1, pitch 0)."""
+    aligned so that reference time = query time + ``ref_offset`` (speed 1, pitch 0);
+    ``fs``: seconds per frame."""
     from earmark.match import _Evidence
-    fs = 0.016  # seconds per frame (the index config's hop)
     q = np.linspace(q_start / fs, q_end / fs, 40)
     return _Evidence(track=track_id, segment=0, score=9, significance=significance, speed=1.0,
                      pitch=0.0, line_b=ref_offset / fs, q_frames=q, ref_frames=q + ref_offset / fs,
@@ -531,16 +531,17 @@ def test_a_near_miss_of_the_mix_look_has_its_recordings_other_alignments_checked
     ids = {track_of(r): r.track_id for r in index.tracks()}
     offset = ref_start - at
     mcfg = MATCH_PRESETS["default"].with_(verify_min_score=MATCH_PRESETS["default"].min_score)
+    fs = index.config.frame_seconds
     # The right alignment over a segment holding 1.5 s of the 3-s use in 9 s.
-    diluted = _mix_candidate(ids[name], 9.5, 18.5, offset, 12.0)
+    diluted = _mix_candidate(ids[name], 9.5, 18.5, offset, 12.0, fs)
     m = index._to_match([diluted], 20.0)(diluted)
     check = verify.verify_segment(resample(query, SR, index.config.sr), m.query_start,
                                   m.query_end, m.reference.path, m.reference_start, 1.0, 0.0,
                                   index.config)
     assert check.coherence_z >= mcfg.verify_min_coherence_z            # stands out...
     assert check.coherence < mcfg.verify_min_coherence                  # ...holds too little
-    elsewhere = _mix_candidate(ids["track02.wav"], 2.0, 6.0, 30.0, 8.0)  # another recording
-    right = _mix_candidate(ids[name], at, at + 3.0, offset, 5.0)          # third by significance
+    elsewhere = _mix_candidate(ids["track02.wav"], 2.0, 6.0, 30.0, 8.0, fs)  # another one
+    right = _mix_candidate(ids[name], at, at + 3.0, offset, 5.0, fs)  # third by significance
     for proposed, found in (([diluted, elsewhere, right], True), ([diluted, elsewhere], False)):
         monkeypatch.setattr(catalogue_module, "mix_search", lambda *a, **k: list(proposed))
         matches = index.match_audio(query, SR, mcfg.with_(verify_min_peaks_z=math.inf)).matches
