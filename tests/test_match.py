@@ -916,3 +916,29 @@ def test_key_order_is_lexsorts_permutation():
             cases.append((f1, with_nan, dt))
         for a, b, c in cases:
             assert key_order(a, b, c).tolist() == np.lexsort((c, b, a)).tolist()
+
+
+def test_the_mix_looks_windows_hold_the_landmarks_one_window_each_would():
+    """The mix look's windows from one pass over the landmarks are, landmark for
+    landmark and in key order, the windows one mask each gives, also for anchors that
+    lie on an edge whose quotient rounds across it (0.7 is inexact in binary)."""
+    from earmark.match import QueryLandmarks, _window_queries, _window_query
+
+    rng = np.random.default_rng(3)
+    window_frames, n_windows = 0.7, 300
+    on_edges = np.arange(n_windows + 3) * window_frames         # past the last, too
+    times = np.concatenate([on_edges, np.nextafter(on_edges, -1.0),
+                            rng.uniform(0.0, (n_windows + 2) * window_frames, 2000)])
+    rng.shuffle(times)
+    q = QueryLandmarks(times, rng.normal(size=times.size), rng.normal(size=times.size),
+                       rng.normal(size=times.size), 4.0)
+    windows = _window_queries(q, window_frames, n_windows)
+    assert len(windows) == n_windows
+    kept = 0
+    for k, w in enumerate(windows):
+        one = _window_query(q, k * window_frames, (k + 1) * window_frames)
+        for field in ("time", "f1", "df", "dt"):
+            np.testing.assert_array_equal(getattr(w, field), getattr(one, field))
+        assert w.duration == q.duration
+        kept += w.time.size
+    assert kept == np.count_nonzero((times >= 0) & (times < n_windows * window_frames))
