@@ -534,7 +534,7 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
         a, ca = time.perf_counter(), _cpu_now()
         try:
             lm = fingerprint_file(f, cfg, side="query", max_dt_frames=max_dt,
-                                  keep_audio=mcfg.derivation)
+                                  keep_audio=mcfg.needs_audio, keep_spectrogram=mcfg.mix_look)
         except _E:
             continue
         b, cb = time.perf_counter(), _cpu_now()

@@ -34,7 +34,8 @@ from earmark.fingerprint import audio as audio_io
 from earmark.fingerprint.config import DEFAULT, FingerprintConfig, MatchConfig, PeakConfig
 from earmark.fingerprint.landmarks import (MIN_SECONDS as MIN_QUERY_SECONDS, Landmarks,
                                            check_fingerprintable, fingerprint_audio,
-                                           fingerprint_file, sparser)
+                                           fingerprint_file, landmarks_of_spectrogram,
+                                           sparser)
 from earmark.match import (MIX_MAX_CHECKS, QueryLandmarks, SegmentView, evidence_to_match,
                            mix_search, search)
 from earmark import verify, windows
@@ -444,7 +445,8 @@ class Index:
         # section verified weakly, the use itself elsewhere) or another recording.
         if mcfg.mix_look and lm.audio is not None \
                 and all(e.significance < mcfg.min_significance for e, _ in pairs):
-            matches = _with_mix_look(matches, self._mix_look(lm.audio, lm.duration, mcfg),
+            matches = _with_mix_look(matches, self._mix_look(lm.audio, lm.duration, mcfg,
+                                                             lm.spectrogram),
                                      mcfg.max_matches)
         if mcfg.audio_edges and lm.audio is not None:
             matches = [self._with_audio_edges(lm.audio, m) for m in matches]
@@ -464,7 +466,8 @@ class Index:
 
         return to_match
 
-    def _mix_look(self, y: np.ndarray, duration: float, mcfg: MatchConfig) -> list[Match]:
+    def _mix_look(self, y: np.ndarray, duration: float, mcfg: MatchConfig,
+                  spectrogram: np.ndarray | None = None) -> list[Match]:
         """Matches of the mix look (``MatchConfig.mix_peaks_per_second``): a query with no
         match over the landmarks' threshold analysed again with small peak neighbourhoods,
         its identity alignments (:func:`earmark.match.mix_search`) checked by the coherence
@@ -477,9 +480,17 @@ class Index:
         longer than the use), so that recording's other alignments are checked too.
         Unrelated audio does not stand out (``coherence_z`` 4.4 at most on the bench's
         chance pairs), so this costs nothing where nothing is used.
+
+        ``spectrogram``: the query's (``Landmarks.spectrogram``), so that only the peaks
+        are picked again.
         """
-        mix_cfg = self.config.with_(query=mcfg.mix_peak_config(self.config.query))
-        lm = fingerprint_audio(y, mix_cfg, side="query", max_dt_frames=self.config.max_pair_frames)
+        mix_peaks = mcfg.mix_peak_config(self.config.query)
+        if spectrogram is not None:
+            lm = landmarks_of_spectrogram(spectrogram, y.shape[0], self.config, mix_peaks,
+                                          max_dt_frames=self.config.max_pair_frames)
+        else:
+            lm = fingerprint_audio(y, self.config.with_(query=mix_peaks), side="query",
+                                   max_dt_frames=self.config.max_pair_frames)
         found = mix_search(QueryLandmarks.from_landmarks(lm), self.match_views(),
                            self.total_frames, self._track_frames, self.config, mcfg)
         if not found:
@@ -585,7 +596,8 @@ class Index:
             y = y.mean(axis=-1 if y.shape[-1] <= 8 else 0).astype(np.float32)
         if sr != self.config.sr:
             y = audio_io.resample(y, sr, self.config.sr)
-        lm = fingerprint_audio(y, self.config, side="query", max_dt_frames=self._query_max_dt(mcfg))
+        lm = fingerprint_audio(y, self.config, side="query", max_dt_frames=self._query_max_dt(mcfg),
+                               keep_spectrogram=mcfg.mix_look)
         check_fingerprintable(label, lm.duration, lm.n_peaks)
         if mcfg.needs_audio:
             lm = dataclasses.replace(lm, audio=y)
@@ -613,7 +625,8 @@ class Index:
                                                     overlap_seconds):
             duration = start + y.shape[0] / self.config.sr
             lm = fingerprint_audio(y, self.config, side="query",
-                                   max_dt_frames=self._query_max_dt(mcfg))
+                                   max_dt_frames=self._query_max_dt(mcfg),
+                                   keep_spectrogram=mcfg.mix_look)
             if mcfg.needs_audio:
                 lm = dataclasses.replace(lm, audio=y)
             if first and last:      # the whole file in one window: a plain query
