@@ -233,7 +233,8 @@ def landmarks_of_spectrogram(S: np.ndarray, n_samples: int, cfg: FingerprintConf
     """Query-side landmarks at ``peak_cfg``'s density of audio already analysed: ``S`` is
     the spectrogram of ``n_samples`` samples (``Landmarks.spectrogram``).  The same
     landmarks as :func:`fingerprint_audio` of those samples with ``peak_cfg`` as the
-    query side's density, without the spectrogram's cost (~2/3 of it)."""
+    query side's density (peak times to their last bits, which depend on where the
+    analysis' blocks begin), without the spectrogram's cost (~2/3 of it)."""
     times, semis, rank = pick_peaks(S, cfg, peak_cfg, return_rank=True)
     keep = times <= n_samples / cfg.hop_length     # as peaks_from_blocks
     times, semis, rank = times[keep], semis[keep], rank[keep]
