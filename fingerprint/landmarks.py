@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,10 +48,13 @@ class Landmarks:
     peak_time, peak_semitone, peak_rank : arrays, optional
         The peaks themselves with their density rank (query side: the matcher forms a
         sparser landmark set from the strongest of them, see :func:`sparser`).
-    spectrogram : float32 array, optional
-        The dB log-frequency spectrogram the peaks were picked on, shape ``(n_frames,
-        n_log_bins)`` (when asked for: another peak density of the same audio,
-        :func:`landmarks_of_spectrogram`, then needs no second analysis).
+    spectrogram : tuple of float32 arrays, optional
+        The dB log-frequency spectrogram the peaks were picked on, in consecutive runs of
+        frames (``np.concatenate`` gives the ``(n_frames, n_log_bins)`` whole), when asked
+        for: another peak density of the same audio then needs no second analysis (see
+        :func:`peaks_from_blocks`).  Runs of one analysis block, not one array: freeing a
+        28 MB array after each 10-minute window raised glibc's mmap threshold and kept
+        ~100 MB more of a 3-hour file's scan resident.
     """
 
     anchor_time: np.ndarray
@@ -64,7 +67,7 @@ class Landmarks:
     peak_time: np.ndarray | None = None
     peak_semitone: np.ndarray | None = None
     peak_rank: np.ndarray | None = None
-    spectrogram: np.ndarray | None = None
+    spectrogram: tuple[np.ndarray, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.anchor_time.shape[0])
@@ -127,12 +130,17 @@ def landmarks_from_peaks(times: np.ndarray, semitones: np.ndarray, cfg: Fingerpr
 def peaks_from_blocks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig,
                       peak_cfg: PeakConfig, min_chunk_frames: int = 2048,
                       return_rank: bool = False,
-                      spectrogram_rows: list[np.ndarray] | None = None) -> tuple:
+                      spectrogram_rows: list[np.ndarray] | None = None,
+                      spectrogram: Sequence[np.ndarray] | None = None) -> tuple:
     """Peaks of a stream of mono blocks at ``cfg.sr``.
 
     ``spectrogram_rows``, when given, receives the spectrogram in consecutive runs of
     frames (``np.concatenate`` gives the whole signal's, as
     :func:`~earmark.fingerprint.spectrogram.log_spectrogram` computes it).
+    ``spectrogram``, when given, is that of the same stream in runs of frames (kept by an
+    earlier analysis, ``Landmarks.spectrogram``): its frames are read instead of computed, the blocks
+    then only set the pace, and the peaks are those of a fresh analysis to the last bit
+    (another peak density of the same audio costs a third of an analysis).
 
     Returns
     -------
@@ -146,6 +154,8 @@ def peaks_from_blocks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig,
     """
     hop, n_fft = cfg.hop_length, cfg.n_fft
     margin = context_frames(cfg, peak_cfg)
+    run_starts = None if spectrogram is None else \
+        np.cumsum([0] + [run.shape[0] for run in spectrogram])
     buf = np.zeros(n_fft // 2, dtype=np.float32)  # centre padding of frame 0
     buf_frame0 = 0      # absolute frame index of buf[0]
     next_core = 0       # first frame whose peaks are not emitted yet
@@ -163,16 +173,19 @@ def peaks_from_blocks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig,
         core_end = last if final else last - margin
         if core_end - next_core < (1 if final else min_chunk_frames):
             return
-        S = log_spectrogram_frames(buf[: (n_avail - 1) * hop + n_fft], cfg.sr, n_fft, hop,
-                                   cfg.fmin_hz, cfg.fmax_hz, cfg.bins_per_semitone)
+        if spectrogram is not None:     # frames depend only on their own samples
+            S = _frame_range(spectrogram, run_starts, buf_frame0, last)
+        else:
+            S = log_spectrogram_frames(buf[: (n_avail - 1) * hop + n_fft], cfg.sr, n_fft,
+                                       hop, cfg.fmin_hz, cfg.fmax_hz, cfg.bins_per_semitone)
         t, f, r = pick_peaks(S, cfg, peak_cfg, first_frame=next_core - buf_frame0,
                              end_frame=core_end - buf_frame0, frame_offset=buf_frame0,
                              return_rank=True)
         out_t.append(t)
         out_f.append(f)
         out_r.append(r)
-        if spectrogram_rows is not None:
-            spectrogram_rows.append(S[next_core - buf_frame0:core_end - buf_frame0])
+        if spectrogram_rows is not None:    # a copy: S (with its context) can go
+            spectrogram_rows.append(S[next_core - buf_frame0:core_end - buf_frame0].copy())
         next_core = core_end
         keep_from = max(buf_frame0, next_core - margin)
         buf = buf[(keep_from - buf_frame0) * hop:]
@@ -227,19 +240,21 @@ def sparser(lm: Landmarks, cfg: FingerprintConfig, peak_cfg: PeakConfig,
                                 lm.duration, max_dt_frames)
 
 
-def landmarks_of_spectrogram(S: np.ndarray, n_samples: int, cfg: FingerprintConfig,
-                             peak_cfg: PeakConfig,
-                             max_dt_frames: float | None = None) -> Landmarks:
-    """Query-side landmarks at ``peak_cfg``'s density of audio already analysed: ``S`` is
-    the spectrogram of ``n_samples`` samples (``Landmarks.spectrogram``).  The same
-    landmarks as :func:`fingerprint_audio` of those samples with ``peak_cfg`` as the
-    query side's density (peak times to their last bits, which depend on where the
-    analysis' blocks begin), without the spectrogram's cost (~2/3 of it)."""
-    times, semis, rank = pick_peaks(S, cfg, peak_cfg, return_rank=True)
-    keep = times <= n_samples / cfg.hop_length     # as peaks_from_blocks
-    times, semis, rank = times[keep], semis[keep], rank[keep]
-    return _with_peaks(landmarks_from_peaks(times, semis, cfg, peak_cfg, n_samples / cfg.sr,
-                                            max_dt_frames), "query", times, semis, rank)
+def _frame_range(runs: Sequence[np.ndarray], run_starts: np.ndarray, first: int,
+                 end: int) -> np.ndarray:
+    """Frames ``[first, end)`` of a spectrogram kept in consecutive runs (``run_starts``:
+    the first frame of each, and the total at the end); a view when one run holds them.
+
+    >>> runs = (np.zeros((3, 2)), np.ones((2, 2)))
+    >>> _frame_range(runs, np.array([0, 3, 5]), 2, 4)[:, 0].tolist()
+    [0.0, 1.0]
+    """
+    if end > run_starts[-1]:
+        raise ValueError("the spectrogram is shorter than the audio it stands for")
+    k0 = int(np.searchsorted(run_starts, first, side="right")) - 1
+    k1 = int(np.searchsorted(run_starts, end, side="left"))
+    parts = [runs[k][max(first - run_starts[k], 0):end - run_starts[k]] for k in range(k0, k1)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _chunks(y: np.ndarray, block: int) -> Iterator[np.ndarray]:
@@ -249,7 +264,8 @@ def _chunks(y: np.ndarray, block: int) -> Iterator[np.ndarray]:
 
 def fingerprint_audio(y: np.ndarray, cfg: FingerprintConfig, side: str = "index",
                       max_dt_frames: float | None = None,
-                      keep_spectrogram: bool = False) -> Landmarks:
+                      keep_spectrogram: bool = False,
+                      spectrogram: Sequence[np.ndarray] | None = None) -> Landmarks:
     """Landmarks of mono samples already at ``cfg.sr``.
 
     Parameters
@@ -260,6 +276,9 @@ def fingerprint_audio(y: np.ndarray, cfg: FingerprintConfig, side: str = "index"
         Which peak density to use (catalogue side sparse, query side dense).
     keep_spectrogram : bool
         Also return the spectrogram (``Landmarks.spectrogram``, 48 kB per second).
+    spectrogram : sequence of np.ndarray, optional
+        ``y``'s spectrogram, kept by an earlier analysis (``Landmarks.spectrogram``):
+        only the peaks are picked (:func:`peaks_from_blocks`).
 
     Examples
     --------
@@ -275,16 +294,14 @@ def fingerprint_audio(y: np.ndarray, cfg: FingerprintConfig, side: str = "index"
     rows: list[np.ndarray] | None = [] if keep_spectrogram else None
     times, semis, duration, rank = peaks_from_blocks(
         _chunks(np.asarray(y, np.float32), cfg.sr * 60), cfg, peak_cfg, return_rank=True,
-        spectrogram_rows=rows)
+        spectrogram_rows=rows, spectrogram=spectrogram)
     lm = _with_peaks(landmarks_from_peaks(times, semis, cfg, peak_cfg, duration, max_dt_frames),
                      side, times, semis, rank)
     return _with_spectrogram(lm, rows)
 
 
 def _with_spectrogram(lm: Landmarks, rows: list[np.ndarray] | None) -> Landmarks:
-    if not rows:
-        return lm
-    return dataclasses.replace(lm, spectrogram=np.concatenate(rows))
+    return lm if not rows else dataclasses.replace(lm, spectrogram=tuple(rows))
 
 
 def fingerprint_file(path: str | os.PathLike, cfg: FingerprintConfig, side: str = "index",

@@ -34,8 +34,7 @@ from earmark.fingerprint import audio as audio_io
 from earmark.fingerprint.config import DEFAULT, FingerprintConfig, MatchConfig, PeakConfig
 from earmark.fingerprint.landmarks import (MIN_SECONDS as MIN_QUERY_SECONDS, Landmarks,
                                            check_fingerprintable, fingerprint_audio,
-                                           fingerprint_file, landmarks_of_spectrogram,
-                                           sparser)
+                                           fingerprint_file, sparser)
 from earmark.match import (MIX_MAX_CHECKS, QueryLandmarks, SegmentView, evidence_to_match,
                            mix_search, search)
 from earmark import verify, windows
@@ -484,13 +483,9 @@ class Index:
         ``spectrogram``: the query's (``Landmarks.spectrogram``), so that only the peaks
         are picked again.
         """
-        mix_peaks = mcfg.mix_peak_config(self.config.query)
-        if spectrogram is not None:
-            lm = landmarks_of_spectrogram(spectrogram, y.shape[0], self.config, mix_peaks,
-                                          max_dt_frames=self.config.max_pair_frames)
-        else:
-            lm = fingerprint_audio(y, self.config.with_(query=mix_peaks), side="query",
-                                   max_dt_frames=self.config.max_pair_frames)
+        mix_cfg = self.config.with_(query=mcfg.mix_peak_config(self.config.query))
+        lm = fingerprint_audio(y, mix_cfg, side="query", max_dt_frames=self.config.max_pair_frames,
+                               spectrogram=spectrogram)
         found = mix_search(QueryLandmarks.from_landmarks(lm), self.match_views(),
                            self.total_frames, self._track_frames, self.config, mcfg)
         if not found:
@@ -624,6 +619,7 @@ class Index:
         for start, y, last in windows.audio_windows(blocks, self.config.sr, window_seconds,
                                                     overlap_seconds):
             duration = start + y.shape[0] / self.config.sr
+            lm = None   # the last window's (its spectrogram) goes before this one's comes
             lm = fingerprint_audio(y, self.config, side="query",
                                    max_dt_frames=self._query_max_dt(mcfg),
                                    keep_spectrogram=mcfg.mix_look)
