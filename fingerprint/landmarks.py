@@ -138,9 +138,10 @@ def peaks_from_blocks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig,
     frames (``np.concatenate`` gives the whole signal's, as
     :func:`~earmark.fingerprint.spectrogram.log_spectrogram` computes it).
     ``spectrogram``, when given, is that of the same stream in runs of frames (kept by an
-    earlier analysis, ``Landmarks.spectrogram``): its frames are read instead of computed, the blocks
-    then only set the pace, and the peaks are those of a fresh analysis to the last bit
-    (another peak density of the same audio costs a third of an analysis).
+    earlier analysis, ``Landmarks.spectrogram``): its frames are read instead of
+    computed, the blocks then only set the pace, and the peaks are those of a fresh
+    analysis to the last bit (another peak density of the same audio costs a third of an
+    analysis).
 
     Returns
     -------
