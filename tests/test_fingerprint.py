@@ -10,8 +10,7 @@ from earmark.fingerprint.config import DEFAULT, PRESETS
 from earmark.fingerprint.hashes import (landmark_keys, pack_key, pack_posting, unpack_key,
                                         unpack_posting)
 from earmark.fingerprint.landmarks import (fingerprint_audio, fingerprint_file,
-                                           landmarks_from_peaks,
-                                           peaks_from_blocks, sparser)
+                                           landmarks_from_peaks, peaks_from_blocks, sparser)
 from earmark.fingerprint.peaks import pick_peaks
 from earmark.fingerprint.spectrogram import log_frequency_filterbank, log_spectrogram
 from earmark.synth import synth_noise, synth_song
