@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
+
+from earmark.threads import usable_cpus
 
 
 class _BenchGroup(click.Group):
@@ -51,7 +52,7 @@ def bench_cmd() -> None:
                    "wobbling speed, chopped samples, stems, ...).")
 @click.option("--queries", "n_queries", type=click.IntRange(1, 100000), default=None,
               help="Excerpts per transform (default 60, quick 12).")
-@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=usable_cpus(),
               show_default=True)
 @click.option("--peer", "peers", multiple=True, metavar="NAME=PATH",
               help="Peer system measured on the same queries, e.g. audfprint=~/src/audfprint.")
@@ -112,7 +113,7 @@ def scale_cmd(tracks, steps, out_dir, real_index, negatives, seed):
               default=None, help="Real non-catalogue music: must never be flagged.")
 @click.option("--real-catalogue", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Real catalogue indexed beside the synthetic pieces.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=usable_cpus(),
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def derivation_cmd(out_dir, pieces, quick, other_dir, real_catalogue, jobs, seed):
@@ -143,7 +144,7 @@ def derivation_cmd(out_dir, pieces, quick, other_dir, real_catalogue, jobs, seed
 @click.option("--max-seconds", type=click.FloatRange(2, None), default=180.0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("bench-scan"), show_default=True)
-@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=usable_cpus(),
               show_default=True, help="Workers of the parallel scan run (compared with -j 1).")
 @click.option("--fast", is_flag=True, help="Scan with plain matching (fp scan --fast).")
 @click.option("--min-significance", type=click.FloatRange(0, None), default=None,

@@ -59,7 +59,6 @@ import platform
 import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import traceback
@@ -1175,7 +1174,7 @@ def _run(catalogue_dir, negatives_dir, out: Path, quick, seed, transforms, n_que
          plots, t_run) -> dict[str, Any]:
     from earmark.bench import report as report_mod
     from earmark.bench.transforms import QUICK_SET, get_transforms
-    from earmark.fingerprint.config import DEFAULT, MATCH_PRESETS, MatchConfig
+    from earmark.fingerprint.config import DEFAULT, MATCH_PRESETS
     from earmark.index.catalogue import Index, find_audio_files
 
     jobs = max(1, int(jobs))

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 import os
 import resource
 import shutil
@@ -291,7 +290,7 @@ def run_scale(out_dir: str | os.PathLike, tracks: int = 100000,
     """
     from earmark.bench import report as report_mod
     from earmark.bench.runner import RichProgress, _null_progress, machine_info
-    from earmark.fingerprint.config import MATCH_PRESETS, MatchConfig
+    from earmark.fingerprint.config import MATCH_PRESETS
     from earmark.index.catalogue import Index, find_audio_files
 
     out = Path(out_dir)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 import os
 import subprocess
 import sys
@@ -484,7 +483,8 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
         raise EarmarkError(f"no audio files in {inputs}")
     list_file = out / "files.txt"
     list_file.write_text("".join(f + "\n" for f in files))
-    mcfg = MATCH_PRESETS["fast" if fast else "default"]
+    # One voting thread, as in each fp scan worker: the in-process stages are one worker's.
+    mcfg = MATCH_PRESETS["fast" if fast else "default"].with_(threads=1)
     scan_args = ["--fast"] if fast else []
     if min_significance is not None:
         mcfg = mcfg.with_(min_significance=min_significance)

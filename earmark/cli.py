@@ -16,6 +16,7 @@ from typing import NoReturn
 import click
 
 from earmark.errors import EarmarkError
+from earmark.threads import single_threaded_blas, usable_cpus
 from earmark.evidence import QueryResult
 
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
@@ -82,8 +83,6 @@ def cli(ctx: click.Context) -> None:
     import numpy  # noqa: F401
     import scipy.linalg  # noqa: F401
 
-    from earmark.threads import single_threaded_blas
-
     single_threaded_blas().__enter__()
 
 
@@ -95,7 +94,7 @@ def cli(ctx: click.Context) -> None:
 @index_option
 @click.option("--metadata", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV with a path column and title, artist, isrc, rights_holder, ...")
-@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=usable_cpus(),
               show_default=True, help="Worker processes.")
 @click.option("--preset", type=click.Choice(["default", "dense"]), default="default",
               show_default=True, help="Fingerprint density preset (new indexes only).")

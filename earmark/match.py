@@ -107,6 +107,7 @@ from earmark.fingerprint import hashes
 from earmark.fingerprint.config import FingerprintConfig, MatchConfig
 from earmark.fingerprint.hashes import key_from_bins, quantise_coords
 from earmark.fingerprint.landmarks import Landmarks
+from earmark.threads import usable_cpus
 
 _LO_MASK = (1 << hashes.LO_BITS) - 1
 _FRAME_MASK = hashes.MAX_SLOT_FRAMES - 1
@@ -830,7 +831,7 @@ _POOL: tuple[int, int, ThreadPoolExecutor] | None = None
 def _voting_threads(mcfg: MatchConfig, n_jobs: int) -> int:
     """Threads for votes of ``n_jobs`` independent parts (``mcfg.threads``, 0 = one per
     core; never more than the parts)."""
-    return max(1, min(mcfg.threads or (os.cpu_count() or 1), n_jobs))
+    return max(1, min(mcfg.threads or usable_cpus(), n_jobs))
 
 
 def _thread_pool(n_threads: int) -> ThreadPoolExecutor:

@@ -16,7 +16,25 @@ for the same 11.9 s.  A program that calls Earmark from Python can do the same w
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the system has one (``taskset``,
+    a container's cpuset), else every logical CPU.  ``os.cpu_count()`` counts the host's CPUs,
+    and one voting thread or worker per host CPU oversubscribes a process pinned to fewer.
+
+    Examples
+    --------
+    >>> from earmark.threads import usable_cpus
+    >>> usable_cpus() >= 1
+    True
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity masks (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
 
 
 def single_threaded_blas() -> AbstractContextManager:

@@ -255,11 +255,12 @@ def test_manifest_without_path_column_is_an_error(env, tmp_path):
 # --------------------------------------------------------------------------- resume
 
 
-def test_one_or_two_workers_give_identical_results(env, scanned, tmp_path):
-    """The same batch with one worker (voting on every core's thread) and with two
-    workers (sharing the cores): every match is the same, to the last field."""
+@pytest.mark.parametrize("jobs", [0, 1])
+def test_one_or_two_workers_give_identical_results(env, scanned, tmp_path, jobs):
+    """The same batch in process (voting threads on every core), with one worker and with
+    two workers (one voting thread each): every match is the same, to the last field."""
     results = {r.path: r for r in scan([scanned["in"]], tmp_path / "out", index=env["index"],
-                                       jobs=1, mcfg=MCFG)}
+                                       jobs=jobs, mcfg=MCFG)}
     assert results.keys() == {r.path for r in scanned["results"]}
     flagged = 0
     for two in scanned["results"]:
@@ -269,6 +270,22 @@ def test_one_or_two_workers_give_identical_results(env, scanned, tmp_path):
             assert one.record["matches"] == two.record["matches"], two.path
             flagged += bool(two.flagged)
     assert flagged == 3
+
+
+def test_workers_vote_on_one_thread_each_and_cpus_follow_the_affinity_mask():
+    """-j N uses N cores: a worker's 'every core' voting becomes one thread, a set count
+    is kept; the CPU count a process sees is its affinity mask, not the host's."""
+    from earmark.scan import _worker_threads
+
+    assert MCFG.threads == 0
+    assert _worker_threads(MCFG).threads == 1
+    assert _worker_threads(MCFG.with_(threads=3)).threads == 3
+    assert _worker_threads(MCFG).with_(threads=0) == MCFG  # nothing else changes
+    code = ("import os; from earmark.threads import usable_cpus; "
+            "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(usable_cpus())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "1"
 
 
 def test_rerun_resumes_copies_duplicates_and_keeps_errors_final(env, scanned, tmp_path):
