@@ -258,34 +258,68 @@ def _table_get(keys: np.ndarray, counts: np.ndarray, key: int) -> int:
 CELL_CHUNK = 1 << 18
 
 
+#: Query landmarks whose keys are looked up together before their postings are read.
+#: The look-ups wait on memory (the key table and the postings are megabytes, read at
+#: scattered places): a batch's table reads are independent of each other, so the
+#: processor overlaps their cache misses instead of waiting for one landmark's before it
+#: computes the next one's keys.  Measured with identical votes on the scan bench's 40
+#: files (one thread, the same run): the grid votes took 0.84x the time (2.71 s against
+#: 3.23 s) and the full-landmark votes 0.88x; batches of 8 gained half of that, 64 and
+#: 128 no more than 32.
+GATHER_BATCH = 32
+
+
 @njit(cache=True, nogil=True)
 def _gather_cells(s, p, q_time, q_f1, q_df, q_dt, j, bucket_start, key_lo, postings,
                   slot_track, slot_frame0, slot_live, offset_bin_frames, probe_margin,
                   max_key_postings, cells, chunk):
     """Vote cells of one hypothesis, from query landmark ``j`` on, until at least
-    ``chunk`` are gathered (at a landmark's end) or the query ends.  A cell is
-    ``track * _OFFSET_SPAN + offset bin + _OFFSET_BIAS``.
+    ``chunk`` are gathered (at the end of a batch of ``GATHER_BATCH`` landmarks) or the
+    query ends.  A cell is ``track * _OFFSET_SPAN + offset bin + _OFFSET_BIAS``; cells
+    come in the order of landmark, probed key, posting.
 
-    Returns ``(cells, n, next_j)``: ``cells`` grows (a new array) when one landmark's
-    postings overflow it."""
+    Returns ``(cells, n, next_j)``: ``cells`` grows (a new array) when a batch's postings
+    overflow it."""
     n = 0
     n_slots = slot_track.shape[0]
-    probe_keys = np.empty(8, dtype=np.int64)
-    probe_f1 = np.empty(8, dtype=np.int64)
+    batch_keys = 8 * GATHER_BATCH          # up to 2 x 2 x 2 probed keys per landmark
+    probe_keys = np.empty(batch_keys, dtype=np.int64)
+    probe_f1 = np.empty(batch_keys, dtype=np.int64)
+    key_t_ref = np.empty(batch_keys, dtype=np.float64)
+    key_first = np.empty(batch_keys, dtype=np.int64)
+    key_last = np.empty(batch_keys, dtype=np.int64)
     scratch = np.empty((3, 2), dtype=np.int64)
     n_q = q_time.shape[0]
     while j < n_q and n < chunk:
-        n_keys = _probe_keys(q_f1[j] - p, q_df[j], q_dt[j] * s, probe_margin, probe_keys,
-                             probe_f1, scratch)
-        t_ref = q_time[j] * s
+        batch_end = min(j + GATHER_BATCH, n_q)
+        # Probe keys of the batch (compute only) ...
+        n_keys = 0
+        for jj in range(j, batch_end):
+            m = _probe_keys(q_f1[jj] - p, q_df[jj], q_dt[jj] * s, probe_margin,
+                            probe_keys[n_keys:], probe_f1[n_keys:], scratch)
+            t_ref = q_time[jj] * s
+            for k in range(n_keys, n_keys + m):
+                key_t_ref[k] = t_ref
+            n_keys += m
+        # ... their posting ranges (independent reads) ...
+        need = 0
         for k in range(n_keys):
             first, last = _key_range(bucket_start, key_lo, probe_keys[k])
+            key_first[k] = first
+            key_last[k] = last
+            if last - first <= max_key_postings:
+                need += last - first
+        if n + need > cells.shape[0]:
+            grown = np.empty(2 * (n + need), dtype=np.int64)
+            grown[:n] = cells[:n]
+            cells = grown
+        # ... then their postings.
+        for k in range(n_keys):
+            first = key_first[k]
+            last = key_last[k]
             if last - first > max_key_postings:  # a stop key (see vote_hypotheses)
                 continue
-            if n + (last - first) > cells.shape[0]:
-                grown = np.empty(2 * (n + (last - first)), dtype=np.int64)
-                grown[:n] = cells[:n]
-                cells = grown
+            t_ref = key_t_ref[k]
             for i in range(first, last):
                 post = postings[i]
                 slot = post >> hashes.FRAME_BITS
@@ -297,7 +331,7 @@ def _gather_cells(s, p, q_time, q_f1, q_df, q_dt, j, bucket_start, key_lo, posti
                 off_bin = math.floor((ref_frame - t_ref) / offset_bin_frames)
                 cells[n] = slot_track[slot] * _OFFSET_SPAN + off_bin + _OFFSET_BIAS
                 n += 1
-        j += 1
+        j = batch_end
     return cells, n, j
 
 
