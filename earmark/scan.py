@@ -63,6 +63,17 @@ index segments read-only; their pages live once in the page cache, shared by all
 
 Relative paths in a manifest or a list file are resolved against the folder of that file;
 paths read from standard input against the current folder.
+
+Streams
+-------
+``-`` reads paths from standard input (or the ``stdin`` given to :func:`scan`) *as they
+arrive*: a platform can keep one ``fp scan - --out report/`` running and write each upload's
+path to it (``inotifywait -m -e close_write --format '%w%f' uploads/ | fp scan - ...``);
+each file is scanned as soon as a worker is free, its line lands in ``results.jsonl`` when it
+finishes, and the start-up (~1 s: Python, the engine's imports, the kernels) is paid once.
+The scan ends, and ``summary.csv`` / ``report.html`` are written, when the stream ends (or on
+Ctrl-C).  Files given as arguments are scanned first.  With ``--retry-errors``, or a stream
+without a file descriptor (``io.StringIO``), the whole stream is read first.
 """
 
 from __future__ import annotations
@@ -79,6 +90,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +251,88 @@ def expand_inputs(inputs: Iterable[str | os.PathLike] = (),
             seen.add(it.path)
             items.append(it)
     return items
+
+
+def _stream_fd(stream: Any) -> int | None:
+    """The file descriptor of ``stream`` (standard input, a pipe, a file), or ``None`` when it
+    has none (an ``io.StringIO``, a test runner's input): such a stream is read whole."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+class _WorkQueue:
+    """The files of one scan, in the order they are handed out: those known at the start
+    largest first (the last to finish are short ones, so workers end together), then the
+    paths read from a stream (``-``) as they arrive.
+
+    A stream is read a line at a time as it comes (``fp scan -`` fed by an upload queue
+    or ``inotifywait`` scans each file as soon as its path is written; results land in the
+    journals as each finishes), until end of file.  ``items`` / ``sizes`` are indexed by the
+    task number ``i`` of each ``(i, path)`` task; a path seen before is not queued again.
+    """
+
+    def __init__(self, items: Iterable[ScanItem], stream_fd: int | None = None):
+        self.items: list[ScanItem] = []
+        self.sizes: list[int] = []
+        self.bytes_total = 0
+        self._seen: set[str] = set()
+        self._pending: deque[tuple[int, str]] = deque()
+        self._fd = stream_fd
+        self._partial = b""
+        for it in items:
+            self._add(it)
+        self._pending = deque(sorted(self._pending, key=lambda t: -self.sizes[t[0]]))
+
+    def _add(self, item: ScanItem) -> None:
+        if item.path in self._seen:
+            return
+        self._seen.add(item.path)
+        try:
+            size = os.stat(item.path).st_size
+        except OSError:
+            size = 0
+        self._pending.append((len(self.items), item.path))
+        self.items.append(item)
+        self.sizes.append(size)
+        self.bytes_total += size
+
+    def pop(self) -> tuple[int, str] | None:
+        """The next task, or ``None`` if none is queued now."""
+        return self._pending.popleft() if self._pending else None
+
+    def fileno(self) -> int | None:
+        """The stream still to be read (for ``select``), ``None`` once it has ended."""
+        return self._fd
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def read_stream(self) -> None:
+        """One read of the stream (blocks until it has data or ends): each complete line is
+        a path (a folder: its audio files), relative paths against the current folder."""
+        if self._fd is None:
+            return
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except InterruptedError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            *lines, self._partial = (self._partial + data).split(b"\n")
+        else:  # end of the stream: a last line without its newline counts too
+            lines, self._partial, self._fd = [self._partial], b"", None
+        for raw in lines:
+            entry = os.fsdecode(raw).strip()
+            if entry:
+                found: list[ScanItem] = []
+                _expand_entry(_resolve(entry, None), {}, found)
+                for it in found:
+                    self._add(it)
 
 
 # --------------------------------------------------------------------------- journals
@@ -637,13 +731,13 @@ class _WorkerPool:
         w["proc"].join(5)
         w["conn"].close()
 
-    def run(self, tasks: Iterable[tuple[int, str]]) -> Iterator[tuple]:
+    def run(self, queue: _WorkQueue) -> Iterator[tuple]:
+        """Outcomes of the queue's tasks as they finish; a stream in the queue is read while
+        the workers analyse (an idle worker gets a path as soon as one arrives)."""
         from multiprocessing.connection import wait
 
-        todo = iter(tasks)
-
         def feed(w: dict[str, Any]) -> None:
-            task = next(todo, None)
+            task = queue.pop()
             w["task"], w["t0"] = task, time.monotonic()
             if task is not None:
                 w["conn"].send(task)
@@ -652,13 +746,21 @@ class _WorkerPool:
             feed(w)
         while True:
             busy = [w for w in self.workers if w["task"] is not None]
-            if not busy:
+            stream = queue.fileno()
+            if not busy and stream is None:
                 return
             timeout = None
-            if self.timeout:
+            if self.timeout and busy:
                 timeout = max(0.0, min(w["t0"] + self.timeout for w in busy) - time.monotonic())
-            ready = set(wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy],
-                             timeout))
+            waitables: list[Any] = [w["conn"] for w in busy] + [w["proc"].sentinel for w in busy]
+            if stream is not None:
+                waitables.append(stream)
+            ready = set(wait(waitables, timeout))
+            if stream is not None and stream in ready:
+                queue.read_stream()
+                for w in self.workers:
+                    if w["task"] is None:
+                        feed(w)
             now = time.monotonic()
             for w in busy:
                 outcome = None
@@ -759,6 +861,19 @@ def _check_settings(out: Path, idx: Any, mcfg: Any) -> None:
         _atomic_write(path, (json.dumps(now, indent=1) + "\n").encode("utf-8"))
 
 
+def _scan_in_process(queue: _WorkQueue) -> Iterator[tuple]:
+    """:func:`_scan_one` of each task in the calling process (``jobs=0``), waiting on the
+    queue's stream when nothing is queued."""
+    while True:
+        task = queue.pop()
+        if task is not None:
+            yield _scan_one(task)
+        elif queue.fileno() is not None:
+            queue.read_stream()
+        else:
+            return
+
+
 def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike, *,
          index: Any = None, jobs: int = 1, manifest: str | os.PathLike | None = None,
          mcfg: Any = None, progress: Callable[[ScanProgress], None] | None = None,
@@ -775,17 +890,18 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
     Parameters
     ----------
     inputs : iterable of paths
-        Folders, files, ``@list`` / ``.txt`` / ``.lst`` list files, ``-`` for stdin.
+        Folders, files, ``@list`` / ``.txt`` / ``.lst`` list files, ``-`` for paths on
+        ``stdin``, scanned as they arrive (see *Streams* above).
     out_dir : path
         Report folder (created).  Re-using it resumes.
     index : path or Index, optional
         Index folder (default :func:`~earmark.index.catalogue.default_index_path`) or an
         open :class:`~earmark.index.catalogue.Index`.
     jobs : int
-        Worker processes (forked; each maps the index read-only, so the index pages are
-        shared through the page cache).  A worker that crashes or times out costs only the
-        file it was analysing (an error line).  ``0`` analyses in the calling process (no
-        isolation; for debugging).
+        Worker processes, one core each (forked; each maps the index read-only, so the
+        index pages are shared through the page cache).  A worker that crashes or times
+        out costs only the file it was analysing (an error line).  ``0`` analyses in the
+        calling process (no isolation; for debugging).
     manifest : path, optional
         CSV with a ``path`` column; other columns go into each line's ``manifest``.
     mcfg : MatchConfig, optional
@@ -809,9 +925,15 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
     from earmark.index.catalogue import Index, default_index_path
 
     t_start = time.perf_counter()
-    todo = list(items or []) + expand_inputs(inputs or (), manifest, stdin=stdin)
-    seen: set[str] = set()
-    todo = [it for it in todo if not (it.path in seen or seen.add(it.path))]
+    inputs = list(inputs or ())
+    stream_fd = None
+    if "-" in [os.fspath(x) for x in inputs] and not retry_errors:
+        # Paths on a stream are scanned as they arrive (--retry-errors needs them all first).
+        stream_fd = _stream_fd(stdin if stdin is not None else sys.stdin)
+        if stream_fd is not None:
+            inputs = [x for x in inputs if os.fspath(x) != "-"]
+    queue = _WorkQueue(list(items or []) + expand_inputs(inputs, manifest, stdin=stdin),
+                       stream_fd)
     mcfg = mcfg or MATCH_PRESETS["default"]
     own_index = not isinstance(index, Index)
     idx = Index.open(index if index is not None else default_index_path()) if own_index else index
@@ -833,7 +955,7 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
     pool = None
     try:
         _check_settings(out, idx, mcfg)
-        input_paths = {it.path for it in todo}
+        input_paths = {it.path for it in queue.items}
         if retry_errors and errors_path.exists():
             kept = [rec for _, rec in _iter_journal(errors_path, repair=True)
                     if rec["query"] not in input_paths]
@@ -855,18 +977,9 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
         t_scan = time.perf_counter()
         done_n = 0
 
-        sizes = []
-        for it in todo:
-            try:
-                sizes.append(os.stat(it.path).st_size)
-            except OSError:
-                sizes.append(0)
-        bytes_total, bytes_done, bytes_scanned = sum(sizes), 0, 0
-        work = [(i, it.path) for i, it in enumerate(todo)]
-        if jobs >= 1 and work:
-            # Largest first: the last files to finish are short ones, so workers end together.
-            work.sort(key=lambda t: -sizes[t[0]])
-            n_workers = min(jobs, len(work))
+        bytes_done, bytes_scanned = 0, 0
+        if jobs >= 1 and (queue.has_pending or queue.fileno() is not None):
+            n_workers = jobs if queue.fileno() is not None else min(jobs, len(queue.items))
             _prewarm(idx, mcfg)
             # The objects of the parent are left out of the workers' garbage collections
             # (which would otherwise touch, and so copy, their pages in every worker).
@@ -878,13 +991,13 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
                                    timeout=timeout)
             finally:
                 gc.unfreeze()
-            outcomes: Iterable = pool.run(work)
+            outcomes: Iterable = pool.run(queue)
         else:
             _W.update(index=idx, mcfg=mcfg, done=set(done), hashes=set(hashes))
-            outcomes = (_scan_one(t) for t in work)
+            outcomes = _scan_in_process(queue)
 
         for i, status, digest, payload, _secs in outcomes:
-            item = todo[i]
+            item = queue.items[i]
             if status == "error" and digest is None and (None, item.path) in done:
                 status = "resumed"  # still unreadable (missing, empty): already reported
             if status == "resumed":
@@ -911,18 +1024,18 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
                 counts["errors"] += 1
             elif result.flagged:
                 counts["flagged"] += 1
-            bytes_done += sizes[i]
+            bytes_done += queue.sizes[i]
             if status != "resumed":
                 audio_s += result.duration
-                bytes_scanned += sizes[i]
+                bytes_scanned += queue.sizes[i]
             if progress is not None:
-                progress(ScanProgress(done=done_n, total=len(todo),
+                progress(ScanProgress(done=done_n, total=len(queue.items),
                                       scanned=counts["scanned"] + counts["duplicate"],
                                       resumed=counts["resumed"], errors=counts["errors"],
                                       flagged=counts["flagged"], audio_seconds=audio_s,
                                       elapsed=time.perf_counter() - t_scan, path=item.path,
                                       bytes_done=bytes_done, bytes_scanned=bytes_scanned,
-                                      bytes_total=bytes_total))
+                                      bytes_total=queue.bytes_total))
             yield result
         summary = ScanSummary(out_dir=out)
         summary.run_files = done_n
@@ -1144,7 +1257,7 @@ def _fmt_duration(seconds: float | None) -> str:
               help="Report folder (results.jsonl, errors.jsonl, summary.csv, report.html). "
                    "Re-using it resumes.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=usable_cpus(),
-              show_default=True, help="Worker processes.")
+              show_default=True, help="Worker processes (one core each).")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV with a path column; the other columns are carried to the report.")
 @click.option("--index", "index_path", type=click.Path(file_okay=False, path_type=Path),
@@ -1165,8 +1278,8 @@ def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance
     """Scan audio against the index into a resumable report folder.
 
     INPUTS are folders (recursive), files, list files (@list, or a .txt/.lst file of paths,
-    one per line) or - (paths on standard input).  Results are appended to OUT/results.jsonl
-    as each file finishes; bad files go to OUT/errors.jsonl; OUT/summary.csv and
+    one per line) or - (paths on standard input, scanned as they arrive until the stream
+    ends).  Results are appended to OUT/results.jsonl as each file finishes; bad files go to OUT/errors.jsonl; OUT/summary.csv and
     OUT/report.html are rebuilt at the end.  Running the same command again resumes.
 
     Exit status: 0 if any file was flagged, 1 if none was, 2 on error (or if no file could

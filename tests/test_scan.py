@@ -478,6 +478,65 @@ def test_list_file_stdin_and_folder_inputs(env, scanned, tmp_path):
     assert r.exit_code == 0 and "(1 already done)" in r.output
 
 
+def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, seconds: float = 120) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        got = path.read_bytes().count(b"\n") if path.exists() else 0
+        if got >= n:
+            return got
+        time.sleep(0.05)
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.parametrize("jobs", ["2", "1"])
+def test_paths_on_stdin_are_scanned_as_they_arrive(env, scanned, tmp_path, jobs):
+    """fp scan - fed by a pipe that stays open (an upload queue): each path is scanned and
+    journaled before the next one is even written, a folder line expands to its files, a
+    repeated path is scanned once, and the end of the stream ends the scan with reports."""
+    src = scanned["in"]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "earmark.cli", "scan", "-", "--out", str(out),
+                             "--index", str(env["index"]), "-j", jobs, "-q",
+                             "--min-significance", "20"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=src)
+    try:
+        proc.stdin.write(f"{src / 'm0.wav'}\n".encode())
+        proc.stdin.flush()
+        assert _wait_for_lines(out / RESULTS, 1, proc) == 1   # the pipe is still open
+        assert proc.poll() is None
+        # A relative path (against the scan's folder), a repeat, a folder, then an unfinished
+        # last line: the stream's end completes it.
+        proc.stdin.write(f"{src / 'm0.wav'}\n{src / 'sub'}\nnoise.wav".encode())
+        proc.stdin.flush()
+        assert _wait_for_lines(out / RESULTS, 2, proc) >= 2
+        proc.stdin.close()
+        proc.wait(timeout=120)
+        stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr.decode()
+    names = sorted(Path(x["query"]).name for x in _lines(out / RESULTS))
+    assert names == ["m0.wav", "m1_fast.wav", "noise.wav"]
+    assert b"scanned 3 file(s)" in stdout
+    report = (out / REPORT).read_text(encoding="utf-8")
+    assert "m1_fast.wav" in report and "m0.wav" in report
+
+
+def test_stream_from_python_api_reads_a_pipe(env, scanned, tmp_path):
+    """scan(["-"], stdin=<a pipe>) in process streams too; the results come back in the
+    order the paths were written."""
+    src = scanned["in"]
+    r_fd, w_fd = os.pipe()
+    os.write(w_fd, f"{src / 'noise.wav'}\n{src / 'm0.wav'}\n".encode())
+    os.close(w_fd)
+    with os.fdopen(r_fd, "r") as pipe:
+        results = list(scan(["-"], tmp_path / "out", index=env["index"], jobs=0, mcfg=MCFG,
+                            stdin=pipe))
+    assert [Path(r.path).name for r in results] == ["noise.wav", "m0.wav"]
+    assert [r.flagged for r in results] == [False, True]
+
+
 def test_cli_exit_codes(env, scanned, tmp_path):
     src = scanned["in"]
     runner = CliRunner()
