@@ -71,8 +71,9 @@ arrive*: a platform can keep one ``fp scan - --out report/`` running and write e
 path to it (``inotifywait -m -e close_write --format '%w%f' uploads/ | fp scan - ...``);
 each file is scanned as soon as a worker is free, its line lands in ``results.jsonl`` when it
 finishes, and the start-up (~1 s: Python, the engine's imports, the kernels) is paid once.
-The scan ends, and ``summary.csv`` / ``report.html`` are written, when the stream ends (or on
-Ctrl-C).  Files given as arguments are scanned first.  With ``--retry-errors``, or a stream
+``summary.csv`` / ``report.html`` are rebuilt when the stream is quiet (at most every
+``REPORT_REFRESH_SECONDS``; every ten times that under a stream that never pauses) and when
+it ends (or on Ctrl-C), which ends the scan.  Files given as arguments are scanned first.  With ``--retry-errors``, or a stream
 without a file descriptor (``io.StringIO``), the whole stream is read first.
 """
 
@@ -251,6 +252,10 @@ def expand_inputs(inputs: Iterable[str | os.PathLike] = (),
             seen.add(it.path)
             items.append(it)
     return items
+
+
+#: While a stream is scanned, seconds between rebuilds of the reports (see :func:`scan`).
+REPORT_REFRESH_SECONDS = 30.0
 
 
 def _stream_fd(stream: Any) -> int | None:
@@ -791,6 +796,11 @@ class _WorkerPool:
                 feed(w)
                 yield outcome
 
+    @property
+    def in_flight(self) -> int:
+        """Files being analysed now."""
+        return sum(1 for w in self.workers if w["task"] is not None)
+
     def _failure(self, w: dict[str, Any], why: str) -> tuple:
         from earmark.fingerprint.audio import content_hash
 
@@ -879,7 +889,8 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
          mcfg: Any = None, progress: Callable[[ScanProgress], None] | None = None,
          retry_errors: bool = False, timeout: float | None = None,
          items: list[ScanItem] | None = None,
-         stdin: TextIO | None = None) -> Iterator[ScanResult]:
+         stdin: TextIO | None = None,
+         report_every: float = REPORT_REFRESH_SECONDS) -> Iterator[ScanResult]:
     """Scan audio files against an index; yield one :class:`ScanResult` per input file.
 
     Results are appended durably to ``out_dir/results.jsonl`` / ``errors.jsonl`` as each
@@ -915,6 +926,16 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
         (``jobs >= 1`` only; default: no limit).
     items : list of ScanItem, optional
         Already-expanded inputs (instead of / in addition to ``inputs``).
+    report_every : float
+        While paths are read from a stream, ``summary.csv`` and ``report.html`` are also
+        rebuilt after a file when at least this many seconds have passed since they last
+        were and nothing is queued or in flight (the stream is quiet), or when ten times
+        as many have passed (a stream that never pauses).
+    stdin : text stream, optional
+        Where ``-`` reads paths (default ``sys.stdin``).  One with a file descriptor is
+        read as paths arrive.  With ``jobs >= 1`` its writing end must not be open in this
+        process when the scan starts: the forked workers would inherit it, and the stream
+        would never end.
 
     Raises
     ------
@@ -950,6 +971,8 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
             idx.close()
         raise
     results_path, errors_path = out / RESULTS, out / ERRORS
+    report_context = {"index": os.path.abspath(idx.path), "mcfg": mcfg}
+    last_report = time.monotonic()
     summary = None
     journals: list[_Journal] = []
     pool = None
@@ -1036,6 +1059,12 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
                                       elapsed=time.perf_counter() - t_scan, path=item.path,
                                       bytes_done=bytes_done, bytes_scanned=bytes_scanned,
                                       bytes_total=queue.bytes_total))
+            if queue.fileno() is not None:
+                since = time.monotonic() - last_report
+                quiet = not queue.has_pending and (pool is None or pool.in_flight == 0)
+                if since >= 10 * report_every or (quiet and since >= report_every):
+                    write_reports(out, context=report_context)
+                    last_report = time.monotonic()
             yield result
         summary = ScanSummary(out_dir=out)
         summary.run_files = done_n
@@ -1052,7 +1081,7 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
         for j in journals:
             j.close()
         try:
-            full = write_reports(out, context={"index": os.path.abspath(idx.path), "mcfg": mcfg})
+            full = write_reports(out, context=report_context)
         except Exception:
             if summary is not None:  # only a successful run must report a failure here
                 raise

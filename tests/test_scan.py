@@ -523,18 +523,29 @@ def test_paths_on_stdin_are_scanned_as_they_arrive(env, scanned, tmp_path, jobs)
     assert "m1_fast.wav" in report and "m0.wav" in report
 
 
-def test_stream_from_python_api_reads_a_pipe(env, scanned, tmp_path):
-    """scan(["-"], stdin=<a pipe>) in process streams too; the results come back in the
-    order the paths were written."""
+def test_stream_from_python_api_refreshes_the_report_while_the_stream_is_quiet(
+        env, scanned, tmp_path):
+    """scan(["-"], stdin=<a pipe>) streams from Python too: a result comes back while the
+    pipe is still open, and with nothing else to do the report already shows it.  (In
+    process: forked workers would inherit this process's end of the pipe, see scan().)"""
+    jobs = 0
     src = scanned["in"]
+    out = tmp_path / "out"
     r_fd, w_fd = os.pipe()
-    os.write(w_fd, f"{src / 'noise.wav'}\n{src / 'm0.wav'}\n".encode())
-    os.close(w_fd)
+    os.write(w_fd, f"{src / 'm0.wav'}\n".encode())
     with os.fdopen(r_fd, "r") as pipe:
-        results = list(scan(["-"], tmp_path / "out", index=env["index"], jobs=0, mcfg=MCFG,
-                            stdin=pipe))
-    assert [Path(r.path).name for r in results] == ["noise.wav", "m0.wav"]
-    assert [r.flagged for r in results] == [False, True]
+        gen = scan(["-"], out, index=env["index"], jobs=jobs, mcfg=MCFG, stdin=pipe,
+                   report_every=0.0)
+        first = next(gen)
+        assert Path(first.path).name == "m0.wav" and first.flagged
+        page = (out / REPORT).read_text(encoding="utf-8")
+        assert "m0.wav" in page and "<b>1</b><span>files scanned" in page
+        assert "m0.wav" in (out / SUMMARY).read_text(encoding="utf-8")
+        os.write(w_fd, f"{src / 'noise.wav'}\n".encode())
+        os.close(w_fd)
+        rest = list(gen)
+    assert [Path(r.path).name for r in rest] == ["noise.wav"] and not rest[0].flagged
+    assert "<b>2</b><span>files scanned" in (out / REPORT).read_text(encoding="utf-8")
 
 
 def test_cli_exit_codes(env, scanned, tmp_path):
