@@ -16,8 +16,8 @@ from typing import NoReturn
 import click
 
 from earmark.errors import EarmarkError
-from earmark.threads import single_threaded_blas, usable_cpus
 from earmark.evidence import QueryResult
+from earmark.threads import single_threaded_blas, usable_cpus
 
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
 

@@ -73,8 +73,9 @@ each file is scanned as soon as a worker is free, its line lands in ``results.js
 finishes, and the start-up (~1 s: Python, the engine's imports, the kernels) is paid once.
 ``summary.csv`` / ``report.html`` are rebuilt when the stream is quiet (at most every
 ``REPORT_REFRESH_SECONDS``; every ten times that under a stream that never pauses) and when
-it ends (or on Ctrl-C), which ends the scan.  Files given as arguments are scanned first.  With ``--retry-errors``, or a stream
-without a file descriptor (``io.StringIO``), the whole stream is read first.
+it ends (or on Ctrl-C), which ends the scan.  Files given as arguments are scanned first.
+With ``--retry-errors``, or a stream without a file descriptor (``io.StringIO``), the whole
+stream is read first.
 """
 
 from __future__ import annotations
