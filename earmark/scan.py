@@ -344,6 +344,21 @@ class _WorkQueue:
 # --------------------------------------------------------------------------- journals
 
 
+def _json_line(record: dict[str, Any]) -> bytes:
+    """One journal line, UTF-8.  A file name that is not valid UTF-8 (Linux allows any bytes)
+    reaches Python with its undecodable bytes as lone surrogates, which UTF-8 cannot encode:
+    such a line is written with JSON's ASCII escapes, which read back to the same path."""
+    try:
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record) + "\n").encode("ascii")
+
+
+def _text_bytes(text: str) -> bytes:
+    """UTF-8 of a report's text; an undecodable byte of a file name shows as ``?``."""
+    return text.encode("utf-8", "replace")
+
+
 class _Journal:
     """An append-only JSON-lines file with one writer: each line is written with a single
     ``write`` on an ``O_APPEND`` descriptor and ``fsync``-ed before the call returns."""
@@ -357,7 +372,7 @@ class _Journal:
 
     def append(self, record: dict[str, Any]) -> int:
         """Write one line durably; returns its byte offset."""
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        data = _json_line(record)
         offset = os.lseek(self.fd, 0, os.SEEK_END)
         try:
             view = memoryview(data)
@@ -983,8 +998,7 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
         if retry_errors and errors_path.exists():
             kept = [rec for _, rec in _iter_journal(errors_path, repair=True)
                     if rec["query"] not in input_paths]
-            _atomic_write(errors_path, "".join(
-                json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode("utf-8"))
+            _atomic_write(errors_path, b"".join(_json_line(r) for r in kept))
         # What earlier runs did: (hash, path) -> (journal, offset); hash -> results offset.
         done: dict[tuple[str | None, str], tuple[Path, int]] = {}
         hashes: dict[str, int] = {}
@@ -1253,7 +1267,7 @@ def write_summary_csv(path: Path, results: list[dict]) -> int:
                            verified_coherence_z=check.coherence_z)
             w.writerow([_cell(row.get(h)) for h in header])
             n += 1
-    _atomic_write(path, buf.getvalue().encode("utf-8"))
+    _atomic_write(path, _text_bytes(buf.getvalue()))
     return n
 
 
@@ -1266,7 +1280,7 @@ def write_reports(out_dir: str | os.PathLike, context: dict[str, Any] | None = N
     summary = summarize(out, records)
     write_summary_csv(out / SUMMARY, records[0])
     html_text = render_report(records[0], records[1], summary, context or {})
-    _atomic_write(out / REPORT, html_text.encode("utf-8"))
+    _atomic_write(out / REPORT, _text_bytes(html_text))
     return summary
 
 

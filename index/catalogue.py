@@ -706,6 +706,12 @@ class Index:
         todo: list[str] = []
         replace_ids: dict[str, int] = {}
         for f in files:
+            try:
+                f.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8: Linux allows any name
+                report.failed.append((f, "file name is not valid UTF-8 (the index keeps "
+                                         "names as text): rename the file"))
+                continue
             known = self.meta.find_by_path(f)
             if known is not None and known[0] in live:
                 try:

@@ -548,6 +548,29 @@ def test_stream_from_python_api_refreshes_the_report_while_the_stream_is_quiet(
     assert "<b>2</b><span>files scanned" in (out / REPORT).read_text(encoding="utf-8")
 
 
+def test_file_names_that_are_not_utf8_are_scanned_reported_and_resumed(env, scanned, tmp_path):
+    """Linux file names are bytes: one that is not UTF-8 must not stop the batch.  Its line
+    reads back to the same path (so a re-run resumes it), and the reports stay UTF-8."""
+    import shutil
+
+    src = tmp_path / "in"
+    src.mkdir()
+    good = os.fsdecode(os.fsencode(str(src)) + b"/use\xff.wav")
+    bad = os.fsdecode(os.fsencode(str(src)) + b"/corrupt\xfe.wav")
+    shutil.copy(scanned["in"] / "m0.wav", good)
+    Path(bad).write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 20)
+    out = tmp_path / "out"
+    summary = run_scan([src], out, index=env["index"], jobs=2, mcfg=MCFG)
+    assert (summary.files, summary.flagged, summary.errors) == (2, 1, 1)
+    (res,), (err,) = _lines(out / RESULTS), _lines(out / ERRORS)
+    assert res["query"] == good and res["matches"] and err["query"] == bad
+    report = (out / REPORT).read_bytes().decode("utf-8")        # valid UTF-8
+    assert "use?.wav" in report
+    assert "use?.wav" in (out / SUMMARY).read_bytes().decode("utf-8")
+    again = run_scan([src], out, index=env["index"], jobs=1, mcfg=MCFG)
+    assert (again.run_resumed, again.run_scanned) == (2, 0)
+
+
 def test_cli_exit_codes(env, scanned, tmp_path):
     src = scanned["in"]
     runner = CliRunner()

@@ -583,6 +583,20 @@ def test_incremental_rerun_skips_unchanged_and_replaces_changed(catalogue, tmp_p
         assert track_of(top) == name and abs(alignment_offset(top) - t0) <= 0.1
 
 
+def test_a_file_name_that_is_not_utf8_is_listed_and_the_rest_indexed(catalogue, tmp_path):
+    """Linux file names are bytes; the index keeps names as text, so such a file is one
+    line among the failures, not an internal error that stops the run."""
+    folder = tmp_path / "cat"
+    copy_tracks(catalogue, ["track02.wav"], folder)
+    bad = os.fsdecode(os.fsencode(str(folder)) + b"/caf\xe9.wav")
+    shutil.copyfile(catalogue.path("track04.wav"), bad)
+    with Index.open_writer(tmp_path / "idx") as w:
+        report = w.add([folder], jobs=1)
+    assert [Path(f).name for f in report.added] == ["track02.wav"]
+    assert report.failed == [(bad, "file name is not valid UTF-8 (the index keeps names as "
+                                   "text): rename the file")]
+
+
 def test_jobs_1_and_jobs_2_build_identical_indexes(catalogue, tmp_path):
     names = ["track02.wav", "track04.wav", "track07.flac", "track08.ogg"]
     copy_tracks(catalogue, names, tmp_path / "cat")
