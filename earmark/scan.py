@@ -324,21 +324,17 @@ class _WorkQueue:
             return
         try:
             data = os.read(self._fd, 1 << 16)
-        except InterruptedError:
-            return
         except OSError:
             data = b""
         if data:
             *lines, self._partial = (self._partial + data).split(b"\n")
         else:  # end of the stream: a last line without its newline counts too
             lines, self._partial, self._fd = [self._partial], b"", None
-        for raw in lines:
-            entry = os.fsdecode(raw).strip()
-            if entry:
-                found: list[ScanItem] = []
-                _expand_entry(_resolve(entry, None), {}, found)
-                for it in found:
-                    self._add(it)
+        found: list[ScanItem] = []
+        for path in read_path_list(os.fsdecode(b"\n".join(lines)), None):
+            _expand_entry(path, {}, found)
+        for it in found:
+            self._add(it)
 
 
 # --------------------------------------------------------------------------- journals
