@@ -34,7 +34,11 @@ stereo, in a mix of formats AI services and uploads use - MP3 (LAME 128-192 kbit
 44.1 kHz) and Ogg/Vorbis (44.1 kHz).  The music is a montage of non-catalogue tracks;
 about half the files carry one 12-30 s audible catalogue excerpt (replacing the music
 there at its level, short fades), whose recording and position are written to
-``truth.json``.  Built inputs are kept in ``out_dir/inputs`` and reused when the same
+``truth.json``.  Half of the excerpts are changed the way a sample is fitted to a new song
+(:data:`EXCERPT_TRANSFORMS`: sped up or slowed down, tempo alone, key alone), so the batch
+path is measured on what AI pipelines do and not on verbatim copies alone; the transform
+and its speed and pitch go into ``truth.json`` and the known answers check the match's
+estimate of them.  Built inputs are kept in ``out_dir/inputs`` and reused when the same
 settings are asked again.
 
 Writes ``scan-bench.json`` and ``scan-bench.md`` into ``out_dir``.
@@ -115,6 +119,42 @@ def _encode(path: Path, stereo: np.ndarray, sr: int, fmt: str, kbps: int | None 
 #: A catalogue excerpt quieter than this (RMS, dBFS) is not used: it is not evidence.
 AUDIBLE_DBFS = -40.0
 
+#: How a transformed excerpt is changed, one drawn per excerpt: ``kind -> (smallest,
+#: largest)`` size of the change, either sign.  ``speed``: played faster or slower by
+#: resampling (tempo and key together, x0.88-0.96 or x1.04-1.12); ``tempo``: Rubber Band,
+#: key kept (4-10 %); ``pitch``: Rubber Band, tempo kept (1-3 whole semitones).  All within
+#: the default search's grid (:class:`~earmark.fingerprint.config.MatchConfig`).
+EXCERPT_TRANSFORMS: dict[str, tuple[float, float]] = {
+    "speed": (0.04, 0.12), "tempo": (0.04, 0.10), "pitch": (1.0, 3.0)}
+#: A hit's transform estimate counts as right within these (speed: relative; pitch: semitones).
+SPEED_TOLERANCE = 0.01
+PITCH_TOLERANCE = 0.3
+
+
+def _transform_excerpt(e: np.ndarray, sr: int, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, str, float, float]:
+    """``e`` changed by one of :data:`EXCERPT_TRANSFORMS`, drawn with ``rng``:
+    ``(audio, kind, speed, pitch_semitones)``, where ``speed`` is reference seconds per
+    second of the result (a match's ``speed``)."""
+    from earmark.bench import transforms
+
+    kinds = sorted(EXCERPT_TRANSFORMS)
+    kind = kinds[int(rng.integers(len(kinds)))]
+    low, high = EXCERPT_TRANSFORMS[kind]
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    try:
+        if kind == "pitch":
+            st = sign * float(rng.integers(int(low), int(high) + 1))
+            return transforms.shift_pitch(e, sr, semitones=st), kind, 1.0, st
+        speed = float(np.round(1.0 + sign * rng.uniform(low, high), 3))
+        if kind == "speed":
+            return (transforms.change_speed(e, sr, speed=speed), kind, speed,
+                    float(12.0 * np.log2(speed)))
+        return transforms.change_tempo(e, sr, speed=speed), kind, speed, 0.0
+    except ImportError as err:  # Rubber Band comes with pedalboard (the bench extra)
+        raise EarmarkError(f"building transformed scan inputs needs {err.name or 'pedalboard'}: "
+                           "pip install 'earmark[bench]'") from None
+
 
 def _dbfs(y: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(np.square(y, dtype=np.float64)) + 1e-20))
@@ -133,13 +173,16 @@ def build_inputs(catalogue: str | os.PathLike, negatives: str | os.PathLike,
                  out_dir: str | os.PathLike, n_files: int = 40, seed: int = 0,
                  min_seconds: float = 30.0, max_seconds: float = 180.0,
                  catalogue_share: float = 0.5, excerpt_seconds: tuple[float, float] = (12.0, 30.0),
+                 transformed_share: float = 0.5,
                  formats: Sequence[tuple[str, float]] = FORMAT_MIX,
                  progress: bool = False) -> dict[str, Any]:
     """Write ``n_files`` seeded scan inputs into ``out_dir`` and return the truth document
     (also written to ``out_dir/truth.json``): ``{"settings", "files": [{"path", "seconds",
     "format", "rate", "catalogue" (path or None), "query_start", "reference_start",
-    "excerpt_seconds"}]}``.  A folder already holding the files of the same settings is
-    reused as it is."""
+    "excerpt_seconds" (in the file), "transform" (None or a kind of
+    :data:`EXCERPT_TRANSFORMS`), "speed", "pitch_semitones"}]}``.  ``transformed_share`` of
+    the excerpts are transformed.  A folder already holding the files of the same settings
+    is reused as it is."""
     from earmark.fingerprint.audio import audio_duration, load_audio
     from earmark.index.catalogue import find_audio_files
 
@@ -148,7 +191,9 @@ def build_inputs(catalogue: str | os.PathLike, negatives: str | os.PathLike,
                 "n_files": n_files, "seed": seed, "min_seconds": min_seconds,
                 "max_seconds": max_seconds, "catalogue_share": catalogue_share,
                 "excerpt_seconds": list(excerpt_seconds), "formats": [list(f) for f in formats],
-                "build_sr": BUILD_SR, "version": 2}
+                "transformed_share": transformed_share,
+                "transforms": {k: list(v) for k, v in EXCERPT_TRANSFORMS.items()},
+                "build_sr": BUILD_SR, "version": 3}
     truth_path = out / "truth.json"
     try:
         old = json.loads(truth_path.read_text())
@@ -177,6 +222,10 @@ def build_inputs(catalogue: str | os.PathLike, negatives: str | os.PathLike,
     n_cat = int(round(catalogue_share * n_files))
     has_cat = np.zeros(n_files, dtype=bool)
     has_cat[rng.permutation(n_files)[:n_cat]] = True
+    # Which excerpts are transformed: an exact share, seeded.
+    transformed = np.zeros(n_cat, dtype=bool)
+    transformed[rng.permutation(n_cat)[:int(round(transformed_share * n_cat))]] = True
+    n_excerpt = 0
     neg_cache: dict[str, np.ndarray] = {}
     cat_dur: dict[str, float] = {}
 
@@ -200,7 +249,8 @@ def build_inputs(catalogue: str | os.PathLike, negatives: str | os.PathLike,
         y = np.concatenate(parts)[:n]
         rec = {"path": None, "seconds": seconds, "format": fmt_list[k],
                "rate": FORMATS[fmt_list[k]][2], "catalogue": None, "query_start": None,
-               "reference_start": None, "excerpt_seconds": None}
+               "reference_start": None, "excerpt_seconds": None, "transform": None,
+               "speed": None, "pitch_semitones": None}
         if has_cat[k]:
             # An audible excerpt (a catalogue can hold silent tracks and quiet intros):
             # up to 50 draws of recording and offset.
@@ -216,7 +266,12 @@ def build_inputs(catalogue: str | os.PathLike, negatives: str | os.PathLike,
                     break
             else:
                 raise EarmarkError(f"{catalogue}: no audible excerpt found in 50 draws")
-            q0 = float(np.round(rng.uniform(0.0, seconds - ex), 2))
+            kind, speed, pitch = None, 1.0, 0.0
+            if transformed[n_excerpt]:
+                e, kind, speed, pitch = _transform_excerpt(e, BUILD_SR, rng)
+                e = e[: int(round((seconds - 2.0) * BUILD_SR))]
+            n_excerpt += 1
+            q0 = float(np.round(rng.uniform(0.0, seconds - e.shape[0] / BUILD_SR), 2))
             a = int(round(q0 * BUILD_SR))
             m = min(e.shape[0], y.shape[0] - a)
             # At the level of the music it replaces (a quoted sample, not a quiet insert).
@@ -226,7 +281,8 @@ def build_inputs(catalogue: str | os.PathLike, negatives: str | os.PathLike,
             w = 1.0 - _fade(w, int(0.05 * BUILD_SR))
             y[a:a + m] = y[a:a + m] * w + e
             rec.update(catalogue=ref, query_start=q0, reference_start=r0,
-                       excerpt_seconds=round(m / BUILD_SR, 3))
+                       excerpt_seconds=round(m / BUILD_SR, 3), transform=kind, speed=speed,
+                       pitch_semitones=pitch)
         peak = float(np.max(np.abs(y))) or 1.0
         y = (y * (0.89 / peak)).astype(np.float32)
         # Stereo: the right channel 0.3 ms late and slightly quieter (not a dual-mono file).
@@ -240,7 +296,9 @@ def build_inputs(catalogue: str | os.PathLike, negatives: str | os.PathLike,
         files.append(rec)
         if progress:
             print(f"  built {k + 1}/{n_files}: {path.name} {seconds:.0f} s"
-                  + (f" (catalogue {Path(rec['catalogue']).name} at {rec['query_start']} s)"
+                  + (f" (catalogue {Path(rec['catalogue']).name} at {rec['query_start']} s"
+                     + (f", {rec['transform']} x{rec['speed']:g} {rec['pitch_semitones']:+.2f} st"
+                        if rec["transform"] else "") + ")"
                      if rec["catalogue"] else ""), file=sys.stderr, flush=True)
     doc = {"settings": settings, "files": files}
     truth_path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -410,6 +468,8 @@ def _read_flags(out: Path) -> dict[str, dict[str, Any]]:
                              "top": (recs[0]["reference"]["path"] if recs else
                                      drv[0]["reference"]["path"] if drv else None),
                              "query_start": recs[0]["query_start"] if recs else None,
+                             "speed": recs[0].get("speed") if recs else None,
+                             "pitch_semitones": recs[0].get("pitch_semitones") if recs else None,
                              "duration": r.get("duration")}
     for e in errors:
         flags[e["query"]] = {"flagged": False, "top": None, "error": e.get("error")}
@@ -426,9 +486,25 @@ def _known_answers(truth: list[dict[str, Any]], flags: dict[str, dict[str, Any]]
                   <= t["query_start"] + t["excerpt_seconds"])
     flagged = sum(1 for t in truth if flags.get(t["path"], {}).get("flagged"))
     fp = sum(1 for t in truth if not t["catalogue"] and flags.get(t["path"], {}).get("flagged"))
+
+    def right_recording(t: dict[str, Any]) -> bool:
+        top = flags.get(t["path"], {}).get("top")
+        return bool(top) and os.path.realpath(top) == os.path.realpath(t["catalogue"])
+
+    def transform_ok(t: dict[str, Any]) -> bool:
+        f = flags[t["path"]]
+        if f.get("speed") is None or f.get("pitch_semitones") is None:
+            return False  # found by the derivation tier only: no transform estimate
+        return (abs(f["speed"] / (t.get("speed") or 1.0) - 1.0) <= SPEED_TOLERANCE
+                and abs(f["pitch_semitones"] - (t.get("pitch_semitones") or 0.0))
+                <= PITCH_TOLERANCE)
+
+    changed = [t for t in expected if t.get("transform")]
     return {"files": len(truth), "with_catalogue": len(expected), "flagged": flagged,
             "right_recording": right, "located": located, "missed": len(expected) - right,
-            "false_positives": fp}
+            "false_positives": fp, "transformed": len(changed),
+            "transformed_right": sum(1 for t in changed if right_recording(t)),
+            "transform_ok": sum(1 for t in expected if right_recording(t) and transform_ok(t))}
 
 
 def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
@@ -550,9 +626,13 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
         cpu["fingerprint"] += cb - ca
         cpu["hash_match"] += cc - cb
         cpu["derivation"] += cd - cc
+        recs = [m for m in matches if m.kind == "recording"]
         flags_inproc[f] = {"flagged": bool(matches),
                            "top": matches[0].reference.path if matches else None,
-                           "query_start": matches[0].query_start if matches else None}
+                           "query_start": matches[0].query_start if matches else None,
+                           # (as in _read_flags: a derivation match has no estimate)
+                           "speed": recs[0].speed if recs else None,
+                           "pitch_semitones": recs[0].pitch_semitones if recs else None}
     in_process = _rate(len(files), audio_s, time.perf_counter() - t0, _cpu_now() - c0)
     fingerprint = _rate(len(files), audio_s, st["fingerprint"], cpu["fingerprint"])
     idx.close()
@@ -650,7 +730,9 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
                    "min_seconds": round(min(lengths), 2) if lengths else None,
                    "max_seconds": round(max(lengths), 2) if lengths else None,
                    "formats": fmt_counts,
-                   "with_catalogue": sum(1 for t in truth if t["catalogue"]) if truth else None},
+                   "with_catalogue": sum(1 for t in truth if t["catalogue"]) if truth else None,
+                   "transformed": ({k: sum(1 for t in truth if t.get("transform") == k)
+                                    for k in sorted(EXCERPT_TRANSFORMS)} if truth else None)},
         "jobs": jobs,
         "repeats": repeats,
         "phases": {"decode": decode, "fingerprint": fingerprint, "in_process": in_process,
@@ -681,6 +763,8 @@ def scan_bench_markdown(doc: dict[str, Any]) -> str:
         f"{inp['min_seconds']:.0f}-{inp['max_seconds']:.0f} s each"
         + (f", {inp['with_catalogue']} with a catalogue excerpt" if inp.get("with_catalogue")
            is not None else "")
+        + (" (transformed: " + ", ".join(f"{k} {n}" for k, n in inp["transformed"].items())
+           + ")" if inp.get("transformed") else "")
         + f"; inputs `{inp['folder']}`; index `{doc['index']['path']}` "
           f"({doc['index']['bytes'] / 1e6:.1f} MB); match preset `{doc['match']}`.",
         f"Machine: {m.get('cpu_model')}, {m.get('logical_cpus')} logical CPUs; load average "
@@ -757,12 +841,17 @@ def scan_bench_markdown(doc: dict[str, Any]) -> str:
     ka = doc["known_answers"]
     if ka.get("scan_j1"):
         lines += ["", "| known answers | files | with catalogue | flagged | right recording | "
-                      "located | false positives |", "|---|--:|--:|--:|--:|--:|--:|"]
+                      "located | transformed: right recording | speed and pitch right | "
+                      "false positives |", "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
         for key, label in (("in_process", "in process"), ("scan_j1", "-j 1"),
                            ("scan_jN", f"-j {doc['jobs']}")):
             k = ka.get(key)
             if k:
                 lines.append(f"| {label} | {k['files']} | {k['with_catalogue']} | {k['flagged']} "
                              f"| {k['right_recording']} | {k['located']} | "
-                             f"{k['false_positives']} |")
+                             f"{k.get('transformed_right', 0)} of {k.get('transformed', 0)} | "
+                             f"{k.get('transform_ok', 0)} | {k['false_positives']} |")
+        lines += ["", f"Speed and pitch right: the top match's estimate within "
+                      f"{SPEED_TOLERANCE:.0%} and {PITCH_TOLERANCE:g} semitones of the "
+                      f"excerpt's (every found excerpt, transformed or not)."]
     return "\n".join(lines) + "\n"

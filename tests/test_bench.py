@@ -353,9 +353,41 @@ def test_scale_synthetic_index(tmp_path):
     assert (tmp_path / "scale" / "scale.png").is_file()
 
 
+def test_scan_bench_known_answers_judge_the_transform():
+    """A found excerpt counts as read right only with its speed within 1 % and its pitch
+    within 0.3 semitones; a file found by the derivation tier alone has no estimate."""
+    from earmark.bench import scan as scan_bench
+
+    def truth(path, transform=None, speed=1.0, pitch=0.0, catalogue="/cat/a.wav"):
+        return {"path": path, "catalogue": catalogue, "query_start": 10.0,
+                "excerpt_seconds": 20.0, "transform": transform, "speed": speed,
+                "pitch_semitones": pitch}
+
+    def flag(top="/cat/a.wav", speed=1.0, pitch=0.0, start=12.0):
+        return {"flagged": True, "top": top, "query_start": start, "speed": speed,
+                "pitch_semitones": pitch}
+
+    t = [truth("q1", "speed", 1.08, 1.33), truth("q2", "pitch", 1.0, -2.0),
+         truth("q3", "tempo", 0.95, 0.0), truth("q4"), truth("q5", catalogue=None)]
+    flags = {"q1": flag(speed=1.0865, pitch=1.20),      # within 1 % and 0.3 st
+             "q2": flag(speed=1.0, pitch=-1.5),         # pitch 0.5 st off
+             "q3": flag(speed=None, pitch=None),        # derivation tier only
+             "q4": flag(top="/cat/b.wav"),              # wrong recording
+             "q5": {"flagged": False, "top": None}}
+    ka = scan_bench._known_answers(t, flags)
+    assert (ka["with_catalogue"], ka["right_recording"], ka["transformed"],
+            ka["transformed_right"], ka["transform_ok"], ka["false_positives"]) == \
+        (4, 3, 3, 3, 1, 0)
+    flags["q2"] = flag(pitch=-2.2)
+    flags["q4"] = flag()
+    ka = scan_bench._known_answers(t, flags)
+    assert (ka["right_recording"], ka["transform_ok"]) == (4, 3)
+
+
 def test_scan_bench_on_built_inputs(catalogue, built_index, tmp_path):
     """``fp bench scan`` builds a seeded batch (catalogue excerpts hidden in other music, in
-    MP3/Opus/M4A), measures every phase on it and reports the known answers."""
+    MP3/Opus/M4A, one of them transformed), measures every phase on it and reports the known
+    answers, the transform estimates included."""
     from earmark.bench import scan as scan_bench
 
     neg = tmp_path / "neg"
@@ -371,6 +403,19 @@ def test_scan_bench_on_built_inputs(catalogue, built_index, tmp_path):
     assert len(truth) == 4 and sum(1 for t in truth if t["catalogue"]) == 2
     assert sorted(t["format"] for t in truth) == ["m4a", "mp3", "mp3", "opus"]
     assert all(9.0 <= t["seconds"] <= 12.0 for t in truth)
+    # Half the excerpts are changed (speed, tempo or key), with the truth of the change.
+    changed = [t for t in truth if t["transform"]]
+    assert len(changed) == 1 and changed[0]["catalogue"]
+    t = changed[0]
+    assert t["transform"] in scan_bench.EXCERPT_TRANSFORMS
+    assert (t["speed"], t["pitch_semitones"]) != (1.0, 0.0)
+    if t["transform"] == "pitch":
+        assert t["speed"] == 1.0 and 1.0 <= abs(t["pitch_semitones"]) <= 3.0
+    else:
+        assert 0.04 <= abs(t["speed"] - 1.0) <= 0.12
+    plain = [t for t in truth if t["catalogue"] and not t["transform"]]
+    assert len(plain) == 1 and (plain[0]["speed"], plain[0]["pitch_semitones"]) == (1.0, 0.0)
+    assert doc["inputs"]["transformed"][t["transform"]] == 1
     assert doc["inputs"]["files"] == 4 and doc["inputs"]["with_catalogue"] == 2
     assert doc["inputs"]["formats"] == {"mp3": 2, "opus": 1, "m4a": 1}
     # Decoded lengths are the written ones (encoder padding is a few ms).
@@ -387,6 +432,9 @@ def test_scan_bench_on_built_inputs(catalogue, built_index, tmp_path):
         ka = doc["known_answers"][run]
         assert (ka["files"], ka["with_catalogue"], ka["flagged"], ka["right_recording"],
                 ka["false_positives"]) == (4, 2, 2, 2, 0), (run, ka)
+        # ... the transformed one among them, with its speed and pitch read right.
+        assert (ka["transformed"], ka["transformed_right"], ka["transform_ok"]) == (1, 1, 2), \
+            (run, ka)
     j1, jn = doc["phases"]["scan_j1"], doc["phases"]["scan_jN"]
     assert (j1["jobs"], jn["jobs"]) == (1, 2)
     assert (j1["flagged"], jn["flagged"], j1["errors"], jn["errors"]) == (2, 2, 0, 0)
@@ -405,6 +453,7 @@ def test_scan_bench_on_built_inputs(catalogue, built_index, tmp_path):
     assert json.loads((out / "scan-bench.json").read_text()) == doc
     md = (out / "scan-bench.md").read_text()
     assert "`fp scan -j 2`" in md and "| -j 2 | 4 | 2 | 2 | 2 |" in md
+    assert "| 1 of 1 | 2 | 0 |" in md
     # Same settings: the inputs are reused as they are, not written again.
     first = {t["path"]: os.stat(t["path"]).st_mtime_ns for t in truth}
     again = scan_bench.build_inputs(catalogue.folder, neg, out / "inputs", n_files=4, seed=5,
