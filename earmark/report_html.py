@@ -370,7 +370,9 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
             + "".join(f"<th>{esc(c)}</th>" for c in cols)
             + '<th class="n">duration</th><th>recordings</th><th>rights holders</th>'
               '<th class="n">best score</th><th class="n">best significance</th>'
-              '<th class="n">matched s</th><th class="n">speed</th></tr></thead><tbody>')
+              '<th class="n">matched s</th><th class="n">speed</th>'
+              '<th class="n" title="key shift of the best match, semitones">pitch (st)</th>'
+              '</tr></thead><tbody>')
         for n, (r, groups, best) in enumerate(flagged, 1):
             top = max(groups, key=lambda g: g["best"].get("score") or 0)
             holders = sorted({(g["reference"].get("rights_holder") or "(unknown)") for g in groups})
@@ -384,7 +386,8 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
                   f'<td class="n">{esc(top["best"].get("score"))}</td>'
                   f'<td class="n" data-v="{_sortval(best)}">{_num(best)}</td>'
                   f'<td class="n">{sum(g["seconds"] for g in groups):.1f}</td>'
-                  f'<td class="n">{_num(top["best"].get("speed"), "{:.3f}")}</td></tr>')
+                  f'<td class="n">{_num(top["best"].get("speed"), "{:.3f}")}</td>'
+                  f'<td class="n">{_num(top["best"].get("pitch_semitones"), "{:+.1f}")}</td></tr>')
         add("</tbody></table></div>")
     else:
         add('<p class="empty">No file uses a catalogue recording.</p>')

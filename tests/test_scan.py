@@ -196,6 +196,8 @@ def test_report_html_escapes_hostile_text_and_is_self_contained(env, scanned):
     assert page.count('stroke="#cf222e"') == 3
     assert "slope 1.100 = speed" in page or "slope 1.099 = speed" in page or \
         "slope 1.101 = speed" in page
+    # The flagged table says how the file uses it: x1.1 played faster, so ~1.65 semitones up.
+    assert re.search(r'<td class="n">1\.(099|100|101)</td><td class="n">\+1\.[67]</td>', page)
     assert 'id="f1"' in page and 'href="#f1"' in page
     assert "file is empty" in page and "Errors (2)" in page and "Flagged files (3)" in page
 
