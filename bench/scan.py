@@ -151,9 +151,9 @@ def _transform_excerpt(e: np.ndarray, sr: int, rng: np.random.Generator
             return (transforms.change_speed(e, sr, speed=speed), kind, speed,
                     float(12.0 * np.log2(speed)))
         return transforms.change_tempo(e, sr, speed=speed), kind, speed, 0.0
-    except ImportError as err:  # Rubber Band comes with pedalboard (the bench extra)
+    except ImportError as err:  # Rubber Band comes with pedalboard (a dependency)
         raise EarmarkError(f"building transformed scan inputs needs {err.name or 'pedalboard'}: "
-                           "pip install 'earmark[bench]'") from None
+                           "pip install pedalboard") from None
 
 
 def _dbfs(y: np.ndarray) -> float:
