@@ -35,6 +35,7 @@ def bench_cmd() -> None:
     fp bench scale --tracks 100000
     fp bench derivation --out bench-deriv/
     fp bench scan --index IDX --catalogue CAT --negatives OTHER --out bench-scan/
+    fp bench resume --index IDX --files 1000 --kills 5 --out bench-resume/
     """
 
 
@@ -173,3 +174,37 @@ def scan_bench_cmd(index_path, inputs, catalogue, negatives, n_files, min_second
                    min_significance=min_significance, repeats=repeats)
     click.echo((out_dir / "scan-bench.md").read_text())
     click.echo(f"wrote {out_dir / 'scan-bench.json'} and {out_dir / 'scan-bench.md'}")
+
+
+@bench_cmd.command("resume")
+@click.option("--index", "index_path", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Index the files are scanned against.")
+@click.option("--files", "n_files", type=click.IntRange(1, 1_000_000), default=1000,
+              show_default=True, help="Built inputs (3-6 s each, plus 4 bad files).")
+@click.option("--kills", type=click.IntRange(0, 1000), default=5, show_default=True,
+              help="Rounds killed with SIGKILL before the last one runs to the end.")
+@click.option("--catalogue", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Every tenth input is an excerpt of a file from here.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench-resume"), show_default=True)
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=usable_cpus(),
+              show_default=True, help="fp scan workers.")
+@click.option("--fast", is_flag=True, help="Scan with plain matching (fp scan --fast).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def resume_bench_cmd(index_path, n_files, kills, catalogue, out_dir, jobs, fast, seed):
+    """fp scan killed with SIGKILL at random moments and resumed: exactly one line per file?
+
+    Exit status 0 when every check holds, 1 when one does not.
+
+    \b
+    fp bench resume --index IDX --files 1000 --kills 5 --out bench-resume/
+    """
+    from earmark.bench.resume import run_resume_bench
+
+    doc = run_resume_bench(out_dir, index_path, n_files=n_files, kills=kills, jobs=jobs,
+                           seed=seed, catalogue=catalogue, fast=fast)
+    click.echo((out_dir / "resume.md").read_text())
+    click.echo(f"wrote {out_dir / 'resume.json'} and {out_dir / 'resume.md'}")
+    if not doc["passed"]:
+        raise SystemExit(1)

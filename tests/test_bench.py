@@ -459,3 +459,70 @@ def test_scan_bench_on_built_inputs(catalogue, built_index, tmp_path):
     again = scan_bench.build_inputs(catalogue.folder, neg, out / "inputs", n_files=4, seed=5,
                                     min_seconds=9.0, max_seconds=12.0)
     assert {t["path"]: os.stat(t["path"]).st_mtime_ns for t in again["files"]} == first
+
+
+def test_resume_bench_kills_scans_and_ends_with_one_line_per_file(catalogue, built_index,
+                                                                  tmp_path):
+    """``fp bench resume`` kills ``fp scan`` (by journal lines, by delay, during the reports),
+    resumes it, and finds each input exactly once, the bad ones among the errors."""
+    from earmark.bench import resume
+
+    out = tmp_path / "resume"
+    doc = resume.run_resume_bench(out, built_index.path, n_files=24, kills=3, jobs=2, seed=4,
+                                  catalogue=catalogue.folder, fast=True, progress=False)
+    f = doc["final"]
+    assert doc["passed"], doc
+    assert (f["files"], f["duplicates"], f["missing"], f["unexpected"],
+            f["bad_files_listed"]) == (24 + len(resume.BAD_FILES), 0, 0, 0, 4)
+    assert f["results"] + f["errors"] == f["files"] and f["errors"] >= 4
+    assert [r["mode"] for r in doc["rounds"]] == ["lines", "time", "reports", "to the end"]
+    assert f["kills_landed"] >= 1
+    for r in doc["rounds"]:
+        assert r["prefix_kept"] and r["ok"], r
+        if r.get("killed_at_seconds") is not None:
+            assert r["workers_left"] == 0 and not r["late_writes"], r
+    # Every tenth input is a catalogue excerpt: found (flagged lines are in the journal).
+    results = [json.loads(x) for x in (out / "report" / "results.jsonl").read_text().splitlines()]
+    assert sum(1 for x in results if x["matches"]) >= 2
+    assert "**passed**" in (out / "resume.md").read_text()
+    # The same inputs are reused by a second call with the same settings.
+    again = resume.build_resume_inputs(out / "inputs", 24, seed=4, catalogue=catalogue.folder)
+    assert [os.stat(p).st_mtime_ns for p in again] == \
+        [os.stat(p).st_mtime_ns for p in sorted(str(p) for p in (out / "inputs").iterdir()
+                                                if p.name != "inputs.json")]
+
+
+def test_resume_check_catches_a_duplicate_a_missing_file_and_an_unlisted_bad_file(tmp_path):
+    """The final check counts journal lines as written: a path twice, a path missing, a bad
+    file not among the errors or a report that does not count every file all fail it."""
+    from earmark.bench.resume import check_report
+
+    report = tmp_path / "report"
+    report.mkdir()
+    files = [f"/in/{k}.wav" for k in range(4)]
+    bad = {"/in/3.wav"}
+
+    def write(results, errors, n_page):
+        (report / "results.jsonl").write_text(
+            "".join(json.dumps({"query": q, "matches": []}) + "\n" for q in results))
+        (report / "errors.jsonl").write_text(
+            "".join(json.dumps({"query": q, "error": "bad"}) + "\n" for q in errors))
+        (report / "report.html").write_text(f"<b>{n_page}</b><span>files scanned</span>")
+
+    write(files[:3], files[3:], 4)
+    assert check_report(report, files, bad)["ok"]
+    write(files[:3] + files[:1], files[3:], 4)          # a line written twice
+    c = check_report(report, files, bad)
+    assert not c["ok"] and c["duplicates"] == 1
+    write(files[:2], files[3:], 4)                      # a file never journaled
+    c = check_report(report, files, bad)
+    assert not c["ok"] and c["missing"] == 1
+    write(files, [], 4)                                 # the bad file "matched"
+    c = check_report(report, files, bad)
+    assert not c["ok"] and c["bad_files_listed"] == 0
+    write(files[:3], files[3:], 3)                      # a stale report
+    assert not check_report(report, files, bad)["ok"]
+    write(files[:3], files[3:], 4)
+    with open(report / "results.jsonl", "ab") as fh:    # a torn last line is not a result
+        fh.write(b'{"query": "/in/0.wa')
+    assert check_report(report, files, bad)["ok"]
