@@ -26,7 +26,7 @@ JSON schema of one query line (``fp match --json``, ``results.jsonl`` of ``fp sc
           "verified": null,              # when the landmarks alone were under the threshold:
                                          # {"correlation", "peaks", "peaks_z"} of the audio
                                          # check against the catalogue file (AudioCheck)
-          "alignment": [[q_t, r_t], ...] # optional: matched landmark times (for plots)
+          "alignment": [[q_t, r_t], ...] # optional: matched landmark times (distinct, for plots)
         }
       ]
     }
@@ -196,7 +196,9 @@ class Match:
             out[k] = round(v, 4) if math.isfinite(v) else None
         out["verified"] = None if self.verified is None else self.verified.to_dict()
         if with_alignment:
-            out["alignment"] = [[round(q, 3), round(r, 3)] for q, r in self.alignment]
+            # Distinct points only: the landmarks of one anchor peak share its two times.
+            out["alignment"] = [list(p) for p in dict.fromkeys(
+                (round(q, 3), round(r, 3)) for q, r in self.alignment)]
         return out
 
 

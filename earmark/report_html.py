@@ -19,6 +19,8 @@ import os
 import time
 from typing import Any
 
+import numpy as np
+
 from earmark.evidence import AudioCheck
 
 __all__ = ["render_report", "alignment_svg", "esc"]
@@ -45,12 +47,33 @@ def _num(v: Any, fmt: str = "{:.1f}", none: str = "–") -> str:
 
 
 def _t(seconds: Any) -> str:
-    """``m:ss.s``"""
-    if seconds is None:
+    """``m:ss.s``, or ``h:mm:ss`` from an hour on (a scan's totals).
+
+    >>> _t(59.96), _t(125.0), _t(7925.8)
+    ('1:00.0', '2:05.0', '2:12:06')
+    """
+    try:
+        s = max(float(seconds), 0.0)
+    except (TypeError, ValueError):
         return "–"
-    s = max(float(seconds), 0.0)
+    if not math.isfinite(s):
+        return "–"
+    s = round(s, 1)   # rounded first: 59.96 s is 1:00.0, not 0:60.0
+    if s >= 3600.0:
+        h, r = divmod(int(round(s)), 3600)
+        return f"{h}:{r // 60:02d}:{r % 60:02d}"
     m, r = divmod(s, 60.0)
     return f"{int(m)}:{r:04.1f}"
+
+
+def _semitones(v: Any) -> str:
+    """A signed key shift to 0.1 semitone; ``0.0`` (no sign) for one that rounds to none.
+
+    >>> _semitones(1.654), _semitones(-0.04), _semitones(-2.0), _semitones(None)
+    ('+1.7', '0.0', '-2.0', '–')
+    """
+    text = _num(v, "{:+.1f}")
+    return "0.0" if text in ("+0.0", "-0.0") else text
 
 
 def _pct(v: Any) -> str:
@@ -98,17 +121,25 @@ def _tick_label(v: float, step: float) -> str:
     return f"{sign}{m}:{sec:02d}"
 
 
+#: Most dots an alignment plot draws (of its matched landmarks, evenly taken).
+MAX_PLOT_DOTS = 300
+
+
 def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) -> str:
     """Inline SVG: query time (x) against reference time (y) of the matched landmarks, with
     the fitted line (slope = speed factor) over the matched segment."""
-    pts = [(float(q), float(r)) for q, r in (match.get("alignment") or [])]
+    try:
+        pts = np.asarray(match.get("alignment") or [], dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):  # a hand-edited journal line: no points, still a plot
+        pts = np.zeros((0, 2))
+    pts = pts[np.isfinite(pts).all(axis=1)]
     qs, qe = float(match.get("query_start") or 0.0), float(match.get("query_end") or 0.0)
     rs = float(match.get("reference_start") or 0.0)
     speed = float(match.get("speed") or 1.0)
     line = [(qs, rs), (qe, rs + speed * (qe - qs))]
-    xs = [p[0] for p in pts] + [p[0] for p in line]
-    ys = [p[1] for p in pts] + [p[1] for p in line]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    xs = np.concatenate([pts[:, 0], [line[0][0], line[1][0]]])
+    ys = np.concatenate([pts[:, 1], [line[0][1], line[1][1]]])
+    x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
     if x1 - x0 < 1.0:
         x0, x1 = x0 - 0.5, x1 + 0.5
     if y1 - y0 < 1.0:
@@ -146,11 +177,16 @@ def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) ->
                f'fill="#24292f">query time (m:s)</text>'
                f'<text transform="translate(13 {mt + ph / 2:.0f}) rotate(-90)" font-size="11" '
                f'text-anchor="middle" fill="#24292f">reference time (m:s)</text>')
-    if pts:
-        step = max(1, len(pts) // 300)
-        width = 5.0 if len(pts) < 80 else 3.5 if len(pts) < 250 else 2.6
-        d = "".join(f"M{X(q):.1f} {Y(r):.1f}h0" for q, r in pts[::step])
-        out.append(f'<path d="{d}" stroke="#1f6feb" stroke-opacity="0.6" stroke-width="{width}" '
+    if len(pts):
+        dot = 5.0 if len(pts) < 80 else 3.5 if len(pts) < 250 else 2.6
+        # Dots on a half-pixel grid; dots that land on one place are drawn once (a long
+        # use's hundreds of landmarks on a line of ~300 px), at most MAX_PLOT_DOTS.
+        px = np.round((ml + (pts[:, 0] - x0) / (x1 - x0) * pw) * 2.0) / 2.0
+        py = np.round((mt + ph - (pts[:, 1] - y0) / (y1 - y0) * ph) * 2.0) / 2.0
+        keep = np.sort(np.unique(px * 4096.0 + py, return_index=True)[1])
+        keep = keep[:: max(1, -(-keep.size // MAX_PLOT_DOTS))]
+        d = "".join(map("M{:g} {:g}h0".format, px[keep].tolist(), py[keep].tolist()))
+        out.append(f'<path d="{d}" stroke="#1f6feb" stroke-opacity="0.6" stroke-width="{dot}" '
                    f'stroke-linecap="round" fill="none"/>')
     out.append(f'<line x1="{X(line[0][0]):.1f}" y1="{Y(line[0][1]):.1f}" x2="{X(line[1][0]):.1f}" '
                f'y2="{Y(line[1][1]):.1f}" stroke="#cf222e" stroke-width="1.4" stroke-dasharray="6 3"/>')
@@ -189,7 +225,8 @@ table.sortable th[aria-sort=descending]::after{content:" \\25BC";color:var(--fg)
 td.file{word-break:break-all;min-width:200px}
 .small{font-size:12px;color:var(--muted)}
 a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
-.file-ev{border:1px solid var(--line);border-radius:8px;padding:14px 16px;margin:14px 0;break-inside:avoid}
+.file-ev{border:1px solid var(--line);border-radius:8px;padding:14px 16px;margin:14px 0;break-inside:avoid;
+content-visibility:auto;contain-intrinsic-size:auto 520px}
 .match{display:flex;gap:18px;flex-wrap:wrap;align-items:flex-start;border-top:1px dashed var(--line);
 padding-top:10px;margin-top:10px}
 .match .facts{flex:1;min-width:300px}
@@ -387,7 +424,7 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
                   f'<td class="n" data-v="{_sortval(best)}">{_num(best)}</td>'
                   f'<td class="n">{sum(g["seconds"] for g in groups):.1f}</td>'
                   f'<td class="n">{_num(top["best"].get("speed"), "{:.3f}")}</td>'
-                  f'<td class="n">{_num(top["best"].get("pitch_semitones"), "{:+.1f}")}</td></tr>')
+                  f'<td class="n">{_semitones(top["best"].get("pitch_semitones"))}</td></tr>')
         add("</tbody></table></div>")
     else:
         add('<p class="empty">No file uses a catalogue recording.</p>')

@@ -340,14 +340,20 @@ class _WorkQueue:
 # --------------------------------------------------------------------------- journals
 
 
+#: Compact journal lines (a flagged file's line is mostly its alignment's numbers).
+_JSON_SEPARATORS = (",", ":")
+
+
 def _json_line(record: dict[str, Any]) -> bytes:
     """One journal line, UTF-8.  A file name that is not valid UTF-8 (Linux allows any bytes)
     reaches Python with its undecodable bytes as lone surrogates, which UTF-8 cannot encode:
     such a line is written with JSON's ASCII escapes, which read back to the same path."""
     try:
-        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        return (json.dumps(record, ensure_ascii=False, separators=_JSON_SEPARATORS)
+                + "\n").encode("utf-8")
     except UnicodeEncodeError:
-        return (json.dumps(record) + "\n").encode("ascii")
+        return (json.dumps(record, separators=_JSON_SEPARATORS) + "\n").encode("ascii")
+
 
 
 def _text_bytes(text: str) -> bytes:

@@ -658,3 +658,27 @@ def test_verified_matches_are_shown_in_the_csv_and_the_report(tmp_path):
     assert "waveform" not in groups[3]
     assert "checked on the audio" in groups[3] and "0.87" in groups[3]
     assert "checked on the audio" not in groups[2] and "checked on the audio" not in groups[4]
+
+
+def test_alignment_points_are_distinct_and_plots_stay_small_and_safe():
+    """A journal line keeps each (query, reference) point once (the landmarks of one anchor
+    share its times); a plot draws at most MAX_PLOT_DOTS dots, one per place, and survives
+    points that are not numbers (a hand-edited journal)."""
+    from earmark.evidence import Match, Reference
+    from earmark.report_html import MAX_PLOT_DOTS, alignment_svg
+
+    line = [(10.0 + 0.016 * k, 30.0 + 0.016 * k) for k in range(900)]
+    m = Match(reference=Reference(track_id=1, path="/cat/a.wav", duration=60.0), score=900,
+              significance=99.0, query_start=10.0, query_end=24.4, reference_start=30.0,
+              reference_end=44.4, coverage=0.5, alignment=tuple(p for p in line for _ in range(3)))
+    d = m.to_dict(with_alignment=True)
+    assert d["alignment"] == [[round(q, 3), round(r, 3)] for q, r in line]
+    svg = alignment_svg(d)
+    dots = re.findall(r"M([0-9.]+) ([0-9.]+)h0", svg)
+    assert 0 < len(dots) <= MAX_PLOT_DOTS and len(set(dots)) == len(dots)
+    xs = [float(x) for x, _ in dots]
+    assert xs == sorted(xs)                                  # in query order along the line
+    assert "900 matched landmarks" in svg and "slope 1.000" in svg
+    for bad in ([["a", "b"]], [[1.0]], [[float("nan"), 2.0], [3.0, float("inf")]], None):
+        out = alignment_svg(dict(d, alignment=bad))
+        assert out.startswith("<svg") and "nan" not in out and "inf" not in out
