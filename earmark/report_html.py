@@ -17,6 +17,7 @@ import html
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -129,7 +130,8 @@ def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) ->
     """Inline SVG: query time (x) against reference time (y) of the matched landmarks, with
     the fitted line (slope = speed factor) over the matched segment."""
     try:
-        pts = np.asarray(match.get("alignment") or [], dtype=np.float64).reshape(-1, 2)
+        points = match.get("alignment")
+        pts = np.asarray(points if points is not None else [], dtype=np.float64).reshape(-1, 2)
     except (TypeError, ValueError):  # a hand-edited journal line: no points, still a plot
         pts = np.zeros((0, 2))
     pts = pts[np.isfinite(pts).all(axis=1)]
@@ -312,8 +314,11 @@ def _facts(m: dict[str, Any], group: dict[str, Any]) -> str:
 
 
 def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], summary: Any,
-                  context: dict[str, Any] | None = None) -> str:
-    """The whole page as a string.
+                  context: dict[str, Any] | None = None,
+                  sink: Callable[[str], Any] | None = None) -> str | None:
+    """The whole page as a string, or, given ``sink``, piece by piece into it (a page of
+    thousands of flagged files is tens of MB: written as it is made, it is never whole in
+    memory) and ``None``.
 
     Parameters
     ----------
@@ -336,7 +341,7 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
     flagged.sort(key=lambda t: (-t[2], t[0]["query"]))
 
     parts: list[str] = []
-    add = parts.append
+    add = parts.append if sink is None else sink
     style, script = _CSS, _JS
     csp = (f"default-src 'none'; style-src '{_csp_hash(style)}'; "
            f"script-src '{_csp_hash(script)}'; img-src data:")
@@ -469,4 +474,4 @@ def render_report(results: list[dict[str, Any]], errors: list[dict[str, Any]], s
         "<code>fp match --json</code> plus content_hash and manifest), errors.jsonl, "
         "summary.csv.</p>")
     add(f"</main><script>{script}</script></body></html>\n")
-    return "".join(parts)
+    return "".join(parts) if sink is None else None

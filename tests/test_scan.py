@@ -682,3 +682,24 @@ def test_alignment_points_are_distinct_and_plots_stay_small_and_safe():
     for bad in ([["a", "b"]], [[1.0]], [[float("nan"), 2.0], [3.0, float("inf")]], None):
         out = alignment_svg(dict(d, alignment=bad))
         assert out.startswith("<svg") and "nan" not in out and "inf" not in out
+
+
+def test_report_files_are_replaced_atomically_or_not_at_all(tmp_path):
+    """A report written piece by piece replaces the old one only when complete: an error (or
+    Ctrl-C) half-way leaves the old file as it was and no temporary file behind."""
+    from earmark.scan import _atomic_file
+
+    page = tmp_path / "report.html"
+    page.write_bytes(b"old report")
+    for stop in (RuntimeError("disk full"), KeyboardInterrupt()):
+        with pytest.raises(type(stop)):
+            with _atomic_file(page) as f:
+                f.write(b"<html>half of a new")
+                raise stop
+        assert page.read_bytes() == b"old report"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    with _atomic_file(page) as f:
+        f.write(b"new ")
+        f.write(b"report")
+    assert page.read_bytes() == b"new report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
