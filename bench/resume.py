@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from earmark.errors import EarmarkError
 
 SCHEMA_VERSION = 1
 #: Sample rate of the built inputs (Hz).
@@ -243,8 +244,10 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
         else:
             row["finished"] = True
             ok = proc.returncode in (0, 1)
-            if not ok:
-                row["stderr"] = stderr.decode(errors="replace").strip()[-500:]
+            if not ok:  # not a resume failure: the scan cannot run at all (index, flags)
+                lines = stderr.decode(errors="replace").strip().splitlines()
+                raise EarmarkError(f"fp scan exited {proc.returncode}: "
+                                   f"{lines[-1] if lines else 'no message'}")
         # Append-only: what was complete before this round is still there, byte for byte.
         now_bytes = _journal_bytes(report)
         row["prefix_kept"] = all(b.startswith(a) for a, b in zip(kept, now_bytes))

@@ -526,3 +526,20 @@ def test_resume_check_catches_a_duplicate_a_missing_file_and_an_unlisted_bad_fil
     with open(report / "results.jsonl", "ab") as fh:    # a torn last line is not a result
         fh.write(b'{"query": "/in/0.wa')
     assert check_report(report, files, bad)["ok"]
+
+
+def test_resume_bench_says_in_one_line_when_the_scan_cannot_run(tmp_path):
+    """A folder that is not an index is the scan's error, not a failed resume: one line,
+    exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    not_index = tmp_path / "not-an-index"
+    not_index.mkdir()
+    p = subprocess.run([sys.executable, "-m", "earmark.cli", "bench", "resume", "--index",
+                        str(not_index), "--files", "3", "--kills", "1", "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "fp scan exited 2" in err[0] and "no index" in err[0]
+    assert "Traceback" not in p.stderr
