@@ -152,9 +152,12 @@ def derivation_cmd(out_dir, pieces, quick, other_dir, real_catalogue, jobs, seed
               help="Passed to fp scan (default: the preset's threshold).")
 @click.option("--repeats", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Alternating -j 1 / -j N scan runs; the fastest of each is kept.")
+@click.option("--transformed-share", type=click.FloatRange(0, 1), default=0.5,
+              show_default=True, help="Share of the built excerpts changed in speed, tempo "
+                                      "or key (0: every excerpt verbatim).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def scan_bench_cmd(index_path, inputs, catalogue, negatives, n_files, min_seconds, max_seconds,
-                   out_dir, jobs, fast, min_significance, repeats, seed):
+                   out_dir, jobs, fast, min_significance, repeats, transformed_share, seed):
     """Throughput and memory of fp scan (-j 1 and -j N) against decode-only, in one run.
 
     \b
@@ -171,7 +174,8 @@ def scan_bench_cmd(index_path, inputs, catalogue, negatives, n_files, min_second
     run_scan_bench(out_dir, index_path, inputs=inputs, catalogue=catalogue,
                    negatives=negatives, n_files=n_files, seed=seed, min_seconds=min_seconds,
                    max_seconds=max_seconds, jobs=jobs, fast=fast,
-                   min_significance=min_significance, repeats=repeats)
+                   min_significance=min_significance, repeats=repeats,
+                   transformed_share=transformed_share)
     click.echo((out_dir / "scan-bench.md").read_text())
     click.echo(f"wrote {out_dir / 'scan-bench.json'} and {out_dir / 'scan-bench.md'}")
 

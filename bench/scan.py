@@ -514,7 +514,7 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
                    min_seconds: float = 30.0, max_seconds: float = 180.0, jobs: int = 2,
                    fast: bool = False, min_significance: float | None = None,
                    repeats: int = 1, sample_seconds: float = 0.2,
-                   progress: bool = True) -> dict[str, Any]:
+                   transformed_share: float = 0.5, progress: bool = True) -> dict[str, Any]:
     """Measure ``fp scan`` (``-j 1`` and ``-j jobs``) against decode-only and the in-process
     stages on the same files; write ``scan-bench.json`` / ``scan-bench.md`` into ``out_dir``.
 
@@ -549,7 +549,8 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
     elif catalogue is not None and negatives is not None:
         say(f"building {n_files} inputs in {out / 'inputs'} ...")
         doc = build_inputs(catalogue, negatives, out / "inputs", n_files=n_files, seed=seed,
-                           min_seconds=min_seconds, max_seconds=max_seconds, progress=progress)
+                           min_seconds=min_seconds, max_seconds=max_seconds,
+                           transformed_share=transformed_share, progress=progress)
         truth = doc["files"]
         files = [t["path"] for t in truth]
     else:

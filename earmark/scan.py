@@ -356,7 +356,6 @@ def _json_line(record: dict[str, Any]) -> bytes:
         return (json.dumps(record, separators=_JSON_SEPARATORS) + "\n").encode("ascii")
 
 
-
 def _text_bytes(text: str) -> bytes:
     """UTF-8 of a report's text; an undecodable byte of a file name shows as ``?``."""
     return text.encode("utf-8", "replace")

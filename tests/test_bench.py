@@ -543,3 +543,21 @@ def test_resume_bench_says_in_one_line_when_the_scan_cannot_run(tmp_path):
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and "fp scan exited 2" in err[0] and "no index" in err[0]
     assert "Traceback" not in p.stderr
+
+
+def test_scan_bench_inputs_transformed_share(catalogue, tmp_path):
+    """``transformed_share`` decides how many hidden excerpts are changed: none, or all."""
+    from earmark.bench import scan as scan_bench
+
+    neg = tmp_path / "neg"
+    neg.mkdir()
+    sf.write(neg / "other.wav", catalogue.other_song(9003, 20.0), catalogue.sr)
+    for share, expected in ((0.0, 0), (1.0, 2)):
+        doc = scan_bench.build_inputs(catalogue.folder, neg, tmp_path / f"in{share}", n_files=4,
+                                      seed=8, min_seconds=9.0, max_seconds=10.0,
+                                      transformed_share=share)
+        excerpts = [t for t in doc["files"] if t["catalogue"]]
+        assert len(excerpts) == 2
+        assert sum(1 for t in excerpts if t["transform"]) == expected
+        assert all((t["speed"], t["pitch_semitones"]) == (1.0, 0.0)
+                   for t in excerpts if not t["transform"])
