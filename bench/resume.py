@@ -131,16 +131,34 @@ def _journal_bytes(report: Path) -> tuple[bytes, bytes]:
     return out[0], out[1]
 
 
-def _n_lines(report: Path) -> int:
-    from earmark.scan import ERRORS, RESULTS
+class _LineCounter:
+    """Complete lines in a report folder's journals, reading only what was appended since
+    the last call (polled every few ms while a scan runs: re-reading megabytes of journal
+    each time would take the scan's CPU)."""
 
-    n = 0
-    for name in (RESULTS, ERRORS):
-        try:
-            n += (report / name).read_bytes().count(b"\n")
-        except FileNotFoundError:
-            pass
-    return n
+    def __init__(self, report: Path):
+        self.report = report
+        self.read_to: dict[str, int] = {}
+        self.lines: dict[str, int] = {}
+
+    def __call__(self) -> int:
+        from earmark.scan import ERRORS, RESULTS
+
+        for name in (RESULTS, ERRORS):
+            try:
+                size = (self.report / name).stat().st_size
+            except FileNotFoundError:
+                continue
+            # A resume truncates a torn last line, which holds no newline.
+            at = min(self.read_to.get(name, 0), size)
+            if size > at:
+                with open(self.report / name, "rb") as f:
+                    f.seek(at)
+                    data = f.read(size - at)
+                self.lines[name] = self.lines.get(name, 0) + data.count(b"\n")
+                at += len(data)
+            self.read_to[name] = at
+        return sum(self.lines.values())
 
 
 def _sizes(report: Path) -> tuple[int, ...]:
@@ -148,12 +166,6 @@ def _sizes(report: Path) -> tuple[int, ...]:
 
     return tuple((report / n).stat().st_size if (report / n).exists() else -1
                  for n in (RESULTS, ERRORS))
-
-
-def _children(pid: int) -> list[int]:
-    from earmark.bench.scan import _children as children
-
-    return children(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -172,7 +184,7 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
     journals (see the module docstring); write ``resume.json`` / ``resume.md``.  Returns the
     document; its ``"passed"`` says whether every check held."""
     from earmark.bench.runner import machine_info
-    from earmark.bench.scan import _fp_cmd
+    from earmark.bench.scan import _children, _fp_cmd
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +198,7 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
     n = len(files)
     report = out / "report"
     shutil.rmtree(report, ignore_errors=True)
+    n_lines = _LineCounter(report)
     cmd = [*_fp_cmd(), "scan", str(out / "inputs"), "--out", str(report), "--index", str(index),
            "-j", str(jobs), "-q", *(["--fast"] if fast else [])]
     rng = np.random.default_rng(seed)
@@ -194,7 +207,7 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
     checks_ok = True
     for r in range(kills + 1):
         last = r == kills
-        done = _n_lines(report)
+        done = n_lines()
         mode = None if last else kill_mode(r, kills)
         target_lines = None
         if mode == "lines" and done + 1 < n:
@@ -212,7 +225,7 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
         while proc.poll() is None and not last:
             now = time.perf_counter() - t0
             if (mode in ("lines", "reports") and target_lines is not None
-                    and _n_lines(report) >= target_lines) \
+                    and n_lines() >= target_lines) \
                     or (mode == "time" and now >= delay):
                 workers = _children(proc.pid)
                 proc.send_signal(signal.SIGKILL)   # the parent only: workers die with it
@@ -232,7 +245,7 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
             row["workers_at_kill"] = len(workers)
             row["workers_left"] = sum(1 for w in workers if _alive(w))
             row["late_writes"] = _sizes(report) != sizes
-            row["lines_at_kill"] = _n_lines(report)
+            row["lines_at_kill"] = n_lines()
             try:
                 torn = any((report / name).read_bytes()[-1:] not in (b"", b"\n")
                            for name in ("results.jsonl", "errors.jsonl")
@@ -258,7 +271,7 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
         rounds.append(row)
         say(f"round {r + 1}: {row['mode']}"
             + (f", killed at {killed_at:.2f} s with {row['lines_at_kill']} of {n} lines"
-               if killed_at is not None else f", exit {proc.returncode}, {_n_lines(report)} lines")
+               if killed_at is not None else f", exit {proc.returncode}, {n_lines()} lines")
             + ("" if ok else "  <- FAILED"))
         if proc.returncode == -signal.SIGKILL and killed_at is None:
             checks_ok = False
