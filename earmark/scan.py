@@ -72,8 +72,9 @@ path to it (``inotifywait -m -e close_write --format '%w%f' uploads/ | fp scan -
 each file is scanned as soon as a worker is free, its line lands in ``results.jsonl`` when it
 finishes, and the start-up (~1 s: Python, the engine's imports, the kernels) is paid once.
 ``summary.csv`` / ``report.html`` are rebuilt when the stream is quiet (at most every
-``REPORT_REFRESH_SECONDS``; every ten times that under a stream that never pauses) and when
-it ends (or on Ctrl-C), which ends the scan.  Files given as arguments are scanned first.
+``REPORT_REFRESH_SECONDS``; under a stream that never pauses, every ten times that or
+``REPORT_COST_FACTOR`` times the last rebuild's duration, whichever is longer:
+:func:`report_due`) and when it ends (or on Ctrl-C), which ends the scan.  Files given as arguments are scanned first.
 With ``--retry-errors``, or a stream without a file descriptor (``io.StringIO``), the whole
 stream is read first.
 """
@@ -258,6 +259,28 @@ def expand_inputs(inputs: Iterable[str | os.PathLike] = (),
 
 #: While a stream is scanned, seconds between rebuilds of the reports (see :func:`scan`).
 REPORT_REFRESH_SECONDS = 30.0
+#: Under a stream that never pauses, a rebuild (in the parent: the workers wait for their
+#: next file meanwhile) comes at most once per this many times its own last duration, so it
+#: costs at most ~2 % of the scan however large the report grows (3 s at 20 000 files).
+REPORT_COST_FACTOR = 50.0
+
+
+def report_due(since: float, quiet: bool, report_every: float, last_cost: float) -> bool:
+    """Whether a streamed scan rebuilds its reports now: ``since`` seconds after the last
+    rebuild, which took ``last_cost`` seconds; ``quiet``: no file waiting or in flight.
+
+    >>> report_due(31.0, True, 30.0, 3.0)         # a quiet stream: every 30 s
+    True
+    >>> report_due(31.0, False, 30.0, 3.0)        # busy: every 10 x 30 s ...
+    False
+    >>> report_due(301.0, False, 30.0, 10.0)      # ... or 50 x the last rebuild's time
+    False
+    >>> report_due(501.0, False, 30.0, 10.0)
+    True
+    """
+    if quiet:
+        return since >= report_every
+    return since >= max(10.0 * report_every, REPORT_COST_FACTOR * last_cost)
 
 
 def _stream_fd(stream: Any) -> int | None:
@@ -1002,6 +1025,7 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
     results_path, errors_path = out / RESULTS, out / ERRORS
     report_context = {"index": os.path.abspath(idx.path), "mcfg": mcfg}
     last_report = time.monotonic()
+    report_cost = 0.0
     summary = None
     journals: list[_Journal] = []
     pool = None
@@ -1090,9 +1114,11 @@ def scan(inputs: Iterable[str | os.PathLike] | None, out_dir: str | os.PathLike,
             if queue.fileno() is not None:
                 since = time.monotonic() - last_report
                 quiet = not queue.has_pending and (pool is None or pool.in_flight == 0)
-                if since >= 10 * report_every or (quiet and since >= report_every):
+                if report_due(since, quiet, report_every, report_cost):
+                    t_report = time.monotonic()
                     write_reports(out, context=report_context)
                     last_report = time.monotonic()
+                    report_cost = last_report - t_report
             yield result
         summary = ScanSummary(out_dir=out)
         summary.run_files = done_n
