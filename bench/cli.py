@@ -195,8 +195,10 @@ def scan_bench_cmd(index_path, inputs, catalogue, negatives, n_files, min_second
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=usable_cpus(),
               show_default=True, help="fp scan workers.")
 @click.option("--fast", is_flag=True, help="Scan with plain matching (fp scan --fast).")
+@click.option("--stream", is_flag=True,
+              help="Scan with fp scan -, the paths arriving on standard input a few at a time.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def resume_bench_cmd(index_path, n_files, kills, catalogue, out_dir, jobs, fast, seed):
+def resume_bench_cmd(index_path, n_files, kills, catalogue, out_dir, jobs, fast, stream, seed):
     """fp scan killed with SIGKILL at random moments and resumed: exactly one line per file?
 
     Exit status 0 when every check holds, 1 when one does not.
@@ -207,7 +209,7 @@ def resume_bench_cmd(index_path, n_files, kills, catalogue, out_dir, jobs, fast,
     from earmark.bench.resume import run_resume_bench
 
     doc = run_resume_bench(out_dir, index_path, n_files=n_files, kills=kills, jobs=jobs,
-                           seed=seed, catalogue=catalogue, fast=fast)
+                           seed=seed, catalogue=catalogue, fast=fast, stream=stream)
     click.echo((out_dir / "resume.md").read_text())
     click.echo(f"wrote {out_dir / 'resume.json'} and {out_dir / 'resume.md'}")
     if not doc["passed"]:

@@ -176,13 +176,39 @@ def _alive(pid: int) -> bool:
         return False
 
 
+#: ``--stream``: paths are written to ``fp scan -`` this many at a time, this often (s).
+STREAM_PATHS_PER_WRITE = 8
+STREAM_WRITE_SECONDS = 0.02
+
+
+def _feed(stdin: Any, paths: list[str]) -> None:
+    """Write ``paths`` to a streamed scan a few at a time, then end the stream; stops
+    quietly when the scan is killed (broken pipe)."""
+    try:
+        for a in range(0, len(paths), STREAM_PATHS_PER_WRITE):
+            stdin.write("".join(p + "\n" for p in paths[a:a + STREAM_PATHS_PER_WRITE]).encode())
+            stdin.flush()
+            time.sleep(STREAM_WRITE_SECONDS)
+    except (BrokenPipeError, ValueError, OSError):
+        pass
+    finally:
+        try:
+            stdin.close()
+        except OSError:
+            pass
+
+
 def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_files: int = 1000,
                      kills: int = 5, jobs: int = 2, seed: int = 0,
                      catalogue: str | os.PathLike | None = None, fast: bool = False,
-                     progress: bool = True) -> dict[str, Any]:
+                     stream: bool = False, progress: bool = True) -> dict[str, Any]:
     """Kill ``fp scan`` ``kills`` times at seeded random moments, resume it, check the
-    journals (see the module docstring); write ``resume.json`` / ``resume.md``.  Returns the
-    document; its ``"passed"`` says whether every check held."""
+    journals (see the module docstring); write ``resume.json`` / ``resume.md``.  With
+    ``stream`` the scan is ``fp scan -`` and its paths arrive on standard input a few at a
+    time (:data:`STREAM_PATHS_PER_WRITE`), as from an upload queue.  Returns the document;
+    its ``"passed"`` says whether every check held."""
+    import threading
+
     from earmark.bench.runner import machine_info
     from earmark.bench.scan import _children, _fp_cmd
 
@@ -199,8 +225,8 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
     report = out / "report"
     shutil.rmtree(report, ignore_errors=True)
     n_lines = _LineCounter(report)
-    cmd = [*_fp_cmd(), "scan", str(out / "inputs"), "--out", str(report), "--index", str(index),
-           "-j", str(jobs), "-q", *(["--fast"] if fast else [])]
+    cmd = [*_fp_cmd(), "scan", "-" if stream else str(out / "inputs"), "--out", str(report),
+           "--index", str(index), "-j", str(jobs), "-q", *(["--fast"] if fast else [])]
     rng = np.random.default_rng(seed)
     rounds: list[dict[str, Any]] = []
     kept: tuple[bytes, bytes] = (b"", b"")
@@ -218,8 +244,13 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
             target_lines = n
         delay = float(rng.uniform(*START_UP_KILL_SECONDS)) if mode == "time" else None
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stream else subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
+        feeder = None
+        if stream:
+            feeder = threading.Thread(target=_feed, args=(proc.stdin, files), daemon=True)
+            feeder.start()
         killed_at = None
         workers: list[int] = []
         while proc.poll() is None and not last:
@@ -232,6 +263,9 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
                 killed_at = now
                 break
             time.sleep(POLL_SECONDS)
+        if feeder is not None:
+            feeder.join()
+            proc.stdin = None   # closed by the feeder; communicate() must not flush it
         _, stderr = proc.communicate()
         seconds = time.perf_counter() - t0
         row: dict[str, Any] = {"round": r + 1, "mode": mode or "to the end",
@@ -282,7 +316,7 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
     doc = {"schema_version": SCHEMA_VERSION, "tool": "fp bench resume",
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "machine": machine_info(), "index": os.path.abspath(index), "jobs": jobs,
-           "fast": fast, "seed": seed, "kills": kills, "command": cmd,
+           "fast": fast, "stream": stream, "seed": seed, "kills": kills, "command": cmd,
            "rounds": rounds, "final": final, "passed": passed}
     (out / "resume.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / "resume.md").write_text(resume_markdown(doc))
@@ -321,7 +355,8 @@ def resume_markdown(doc: dict[str, Any]) -> str:
     """``resume.md``: one row per round, then the final check."""
     f = doc["final"]
     lines = ["# fp scan kill -9 / resume benchmark", "",
-             f"{f['files']} files ({len(BAD_FILES)} of them bad), `fp scan -j {doc['jobs']}"
+             f"{f['files']} files ({len(BAD_FILES)} of them bad), `fp scan "
+             f"{'- ' if doc.get('stream') else ''}-j {doc['jobs']}"
              f"{' --fast' if doc['fast'] else ''}` killed with SIGKILL {f['kills_landed']} "
              f"times (of {doc['kills']} rounds; seed {doc['seed']}), then run to the end.", "",
              "| round | kill point | lines before | killed at | lines at kill | workers killed "

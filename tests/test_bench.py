@@ -561,3 +561,17 @@ def test_scan_bench_inputs_transformed_share(catalogue, tmp_path):
         assert sum(1 for t in excerpts if t["transform"]) == expected
         assert all((t["speed"], t["pitch_semitones"]) == (1.0, 0.0)
                    for t in excerpts if not t["transform"])
+
+
+def test_resume_bench_on_a_stream(built_index, tmp_path):
+    """The same promise for ``fp scan -`` fed path by path: killed mid-stream, fed again,
+    each input ends up exactly once."""
+    from earmark.bench import resume
+
+    doc = resume.run_resume_bench(tmp_path / "r", built_index.path, n_files=16, kills=2,
+                                  jobs=2, seed=6, fast=True, stream=True, progress=False)
+    assert doc["passed"], doc
+    assert doc["command"][doc["command"].index("scan") + 1] == "-"
+    f = doc["final"]
+    assert (f["files"], f["duplicates"], f["missing"]) == (20, 0, 0)
+    assert [r["mode"] for r in doc["rounds"]] == ["lines", "reports", "to the end"]
