@@ -122,6 +122,27 @@ def _tick_label(v: float, step: float) -> str:
     return f"{sign}{m}:{sec:02d}"
 
 
+def _dots_label(match: dict[str, Any], n_points: int) -> str:
+    """What the plot's dots are: a recording's matched landmarks (several share an anchor's
+    times and long uses are sampled, so there can be fewer points than landmarks), or a
+    derivation's aligned patches.
+
+    >>> _dots_label({"kind": "recording", "score": 244}, 122)
+    '244 matched landmarks (122 points)'
+    >>> _dots_label({"score": 30}, 30), _dots_label({"kind": "derivation", "score": 9}, 9)
+    ('30 matched landmarks', '9 aligned patches')
+    """
+    if match.get("kind", "recording") != "recording":
+        return f"{n_points} aligned patches"
+    try:
+        score = int(match.get("score"))
+    except (TypeError, ValueError):
+        score = n_points
+    if score > n_points:
+        return f"{score} matched landmarks ({n_points} points)"
+    return f"{n_points} matched landmarks"
+
+
 #: Most dots an alignment plot draws (of its matched landmarks, evenly taken).
 MAX_PLOT_DOTS = 300
 
@@ -193,7 +214,7 @@ def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) ->
     out.append(f'<line x1="{X(line[0][0]):.1f}" y1="{Y(line[0][1]):.1f}" x2="{X(line[1][0]):.1f}" '
                f'y2="{Y(line[1][1]):.1f}" stroke="#cf222e" stroke-width="1.4" stroke-dasharray="6 3"/>')
     out.append(f'<text x="{ml + 6}" y="{mt - 9}" font-size="11" fill="#24292f">'
-               f'<tspan fill="#1f6feb">●</tspan> {len(pts)} matched landmarks   '
+               f'<tspan fill="#1f6feb">●</tspan> {_dots_label(match, len(pts))}   '
                f'<tspan fill="#cf222e">- -</tspan> fit: slope {speed:.3f} = speed</text>')
     out.append("</svg>")
     return "".join(out)
