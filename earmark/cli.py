@@ -32,6 +32,28 @@ index_option = click.option(
     help="Index folder (default: $FP_INDEX, else ~/.local/share/earmark/index).")
 
 
+recordings_only_option = click.option(
+    "--recordings-only", is_flag=True,
+    help="Only catalogue recordings used (as they are or transformed): no derivation tier "
+         "(compositions re-performed or regenerated), about a quarter less time.")
+
+
+def match_config(fast: bool = False, min_significance: float | None = None,
+                 max_matches: int | None = None, recordings_only: bool = False):
+    """The :class:`~earmark.fingerprint.config.MatchConfig` that ``fp match`` / ``fp scan``
+    flags ask for: the ``fast`` or ``default`` preset with the given overrides."""
+    from earmark.fingerprint.config import MATCH_PRESETS
+
+    mcfg = MATCH_PRESETS["fast" if fast else "default"]
+    if min_significance is not None:
+        mcfg = mcfg.with_(min_significance=min_significance)
+    if max_matches is not None:
+        mcfg = mcfg.with_(max_matches=max_matches)
+    if recordings_only:
+        mcfg = mcfg.with_(derivation=False)
+    return mcfg
+
+
 def _index_path(p: Path | None) -> Path:
     from earmark.index.catalogue import default_index_path
 
@@ -189,20 +211,17 @@ def _print_table(result: QueryResult) -> None:
 @click.option("--max-matches", type=click.IntRange(1, 1000), default=None,
               help="Most matches per query.")
 @click.option("--alignment", is_flag=True, help="Include matched landmark times in --json.")
-def match_cmd(queries, index_path, as_json, fast, min_significance, max_matches, alignment):
+@recordings_only_option
+def match_cmd(queries, index_path, as_json, fast, min_significance, max_matches, alignment,
+              recordings_only):
     """Find which catalogue recordings each query uses, where and how strongly.
 
     Exit status: 0 if any query matched, 1 if none did, 2 on error.
     """
-    from earmark.fingerprint.config import MATCH_PRESETS
     from earmark.index.catalogue import Index
 
     idx = Index.open(_index_path(index_path))
-    mcfg = MATCH_PRESETS["fast" if fast else "default"]
-    if min_significance is not None:
-        mcfg = mcfg.with_(min_significance=min_significance)
-    if max_matches is not None:
-        mcfg = mcfg.with_(max_matches=max_matches)
+    mcfg = match_config(fast, min_significance, max_matches, recordings_only)
     any_match = False
     errors = 0
     for result in idx.match_files(queries, mcfg):

@@ -102,6 +102,7 @@ from typing import Any, BinaryIO, TextIO
 
 import click
 
+from earmark.cli import index_option, match_config, recordings_only_option
 from earmark.errors import EarmarkError, MetadataError
 from earmark.evidence import AudioCheck
 from earmark.index.store import fsync_dir
@@ -1363,10 +1364,9 @@ def _fmt_duration(seconds: float | None) -> str:
               show_default=True, help="Worker processes (one core each).")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV with a path column; the other columns are carried to the report.")
-@click.option("--index", "index_path", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Index folder (default: $FP_INDEX, else "
-                                 "~/.local/share/earmark/index).")
+@index_option
 @click.option("--fast", is_flag=True, help="Plain matching: no speed/tempo/pitch search.")
+@recordings_only_option
 @click.option("--min-significance", type=click.FloatRange(0, None), default=None,
               help="Flag matches at least this significant (-log10 chance probability).")
 @click.option("--max-matches", type=click.IntRange(1, 1000), default=None,
@@ -1376,8 +1376,8 @@ def _fmt_duration(seconds: float | None) -> str:
 @click.option("--timeout", type=click.FloatRange(0, None), default=0, show_default=True,
               help="Seconds one file may take before it is given up as an error (0: no limit).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance,
-             max_matches, retry_errors, timeout, quiet):
+def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, recordings_only,
+             min_significance, max_matches, retry_errors, timeout, quiet):
     """Scan audio against the index into a resumable report folder.
 
     INPUTS are folders (recursive), files, list files (@list, or a .txt/.lst file of paths,
@@ -1391,18 +1391,12 @@ def scan_cmd(inputs, out_dir, jobs, manifest, index_path, fast, min_significance
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from earmark.fingerprint.config import MATCH_PRESETS
-
     if not inputs and manifest is None:
         raise EarmarkError("nothing to scan: give folders, files, @list files, - (paths on "
                            "stdin) or --manifest FILE")
     if manifest is not None and not manifest.is_file():
         raise EarmarkError(f"{manifest}: manifest not found")
-    mcfg = MATCH_PRESETS["fast" if fast else "default"]
-    if min_significance is not None:
-        mcfg = mcfg.with_(min_significance=min_significance)
-    if max_matches is not None:
-        mcfg = mcfg.with_(max_matches=max_matches)
+    mcfg = match_config(fast, min_significance, max_matches, recordings_only)
     stderr = Console(stderr=True, highlight=False)
     bar = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),

@@ -477,3 +477,49 @@ def test_commands_run_blas_single_threaded(built_index, excerpt_file):
     out = subprocess.run([sys.executable, "-c", script, str(built_index.path), str(path)],
                          capture_output=True, text=True, timeout=120).stdout
     assert "exit 0" in out and "blas [1]" in out, out
+
+
+def test_recordings_only_leaves_out_the_derivation_tier(fp, tmp_path):
+    """A re-performance of a catalogue composition (other instruments, +2 semitones, 10 %
+    slower) is reported by the derivation tier; with --recordings-only, by fp match and by
+    fp scan (whose scan.json records it), nothing is, and a recording's own excerpt still is."""
+    import soundfile as sf
+
+    from earmark.bench import derivation as dbench
+
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    comps = [dbench.compose(300 + i, 45.0) for i in range(4)]
+    insts = [dbench.instrument_set(300 + i) for i in range(4)]
+    pieces = [dbench.render(c, ins) for c, ins in zip(comps, insts)]
+    for i, y in enumerate(pieces):
+        sf.write(cat / f"piece{i}.wav", y, dbench.SR)
+    idx = tmp_path / "idx"
+    assert fp("index", cat, "--index", idx, "-j", "1")[0] == 0
+    other = dbench.instrument_set(300 + 1 + 17, avoid=(insts[1]["melody"], insts[1]["chords"],
+                                                      insts[1]["bass"]))
+    cover = tmp_path / "cover.wav"
+    sf.write(cover, dbench.render(comps[1], other, transpose=2, tempo=0.9, start=8.0,
+                                  seconds=20.0), dbench.SR)
+    excerpt = tmp_path / "excerpt.wav"
+    sf.write(excerpt, pieces[2][10 * dbench.SR:22 * dbench.SR], dbench.SR)
+
+    code, out, _ = fp("match", "--json", cover, "--index", idx)
+    kinds = [(m["kind"], Path(m["reference"]["path"]).name) for m in json.loads(out)["matches"]]
+    assert code == 0 and ("derivation", "piece1.wav") in kinds
+    code, out, _ = fp("match", "--json", "--recordings-only", cover, "--index", idx)
+    assert code == 1 and json.loads(out)["matches"] == []
+    code, out, _ = fp("match", "--json", "--recordings-only", excerpt, "--index", idx)
+    assert code == 0 and Path(json.loads(out)["matches"][0]["reference"]["path"]).name == "piece2.wav"
+
+    for flag, derivation in (("--recordings-only", False), (None, True)):
+        out_dir = tmp_path / f"scan-{derivation}"
+        args = ["scan", cover, excerpt, "--out", out_dir, "--index", idx, "-j", "1", "-q"]
+        code, _, _ = fp(*args, *([flag] if flag else []))
+        assert code == 0
+        assert json.loads((out_dir / "scan.json").read_text())["match_config"]["derivation"] \
+            is derivation
+        lines = [json.loads(x) for x in (out_dir / "results.jsonl").read_text().splitlines()]
+        by_file = {Path(r["query"]).name: [m["kind"] for m in r["matches"]] for r in lines}
+        assert by_file["excerpt.wav"][:1] == ["recording"]
+        assert ("derivation" in by_file["cover.wav"]) is derivation
