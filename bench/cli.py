@@ -148,6 +148,8 @@ def derivation_cmd(out_dir, pieces, quick, other_dir, real_catalogue, jobs, seed
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=usable_cpus(),
               show_default=True, help="Workers of the parallel scan run (compared with -j 1).")
 @click.option("--fast", is_flag=True, help="Scan with plain matching (fp scan --fast).")
+@click.option("--recordings-only", is_flag=True,
+              help="Scan without the derivation tier (fp scan --recordings-only).")
 @click.option("--min-significance", type=click.FloatRange(0, None), default=None,
               help="Passed to fp scan (default: the preset's threshold).")
 @click.option("--repeats", type=click.IntRange(1, 20), default=1, show_default=True,
@@ -157,7 +159,8 @@ def derivation_cmd(out_dir, pieces, quick, other_dir, real_catalogue, jobs, seed
                                       "or key (0: every excerpt verbatim).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def scan_bench_cmd(index_path, inputs, catalogue, negatives, n_files, min_seconds, max_seconds,
-                   out_dir, jobs, fast, min_significance, repeats, transformed_share, seed):
+                   out_dir, jobs, fast, recordings_only, min_significance, repeats,
+                   transformed_share, seed):
     """Throughput and memory of fp scan (-j 1 and -j N) against decode-only, in one run.
 
     \b
@@ -175,7 +178,7 @@ def scan_bench_cmd(index_path, inputs, catalogue, negatives, n_files, min_second
                    negatives=negatives, n_files=n_files, seed=seed, min_seconds=min_seconds,
                    max_seconds=max_seconds, jobs=jobs, fast=fast,
                    min_significance=min_significance, repeats=repeats,
-                   transformed_share=transformed_share)
+                   transformed_share=transformed_share, recordings_only=recordings_only)
     click.echo((out_dir / "scan-bench.md").read_text())
     click.echo(f"wrote {out_dir / 'scan-bench.json'} and {out_dir / 'scan-bench.md'}")
 

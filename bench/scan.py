@@ -514,7 +514,8 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
                    min_seconds: float = 30.0, max_seconds: float = 180.0, jobs: int = 2,
                    fast: bool = False, min_significance: float | None = None,
                    repeats: int = 1, sample_seconds: float = 0.2,
-                   transformed_share: float = 0.5, progress: bool = True) -> dict[str, Any]:
+                   transformed_share: float = 0.5, recordings_only: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
     """Measure ``fp scan`` (``-j 1`` and ``-j jobs``) against decode-only and the in-process
     stages on the same files; write ``scan-bench.json`` / ``scan-bench.md`` into ``out_dir``.
 
@@ -563,6 +564,9 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
     # One voting thread, as in each fp scan worker: the in-process stages are one worker's.
     mcfg = MATCH_PRESETS["fast" if fast else "default"].with_(threads=1)
     scan_args = ["--fast"] if fast else []
+    if recordings_only:
+        mcfg = mcfg.with_(derivation=False)
+        scan_args.append("--recordings-only")
     if min_significance is not None:
         mcfg = mcfg.with_(min_significance=min_significance)
         scan_args += ["--min-significance", repr(float(min_significance))]
@@ -723,7 +727,8 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "index": {"path": os.path.abspath(index), "bytes": index_bytes},
-        "match": "fast" if fast else "default",
+        "match": ("fast" if fast else "default") + (" --recordings-only" if recordings_only
+                                                     else ""),
         "min_significance": min_significance,
         "inputs": {"folder": os.path.abspath(inputs) if inputs else str((out / "inputs").resolve()),
                    "built": inputs is None, "seed": seed if inputs is None else None,
