@@ -161,6 +161,19 @@ class _LineCounter:
         return sum(self.lines.values())
 
 
+def _last_byte(path: Path) -> bytes:
+    """The last byte of ``path`` (``b""`` if it is empty or missing)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return b""
+            f.seek(-1, os.SEEK_END)
+            return f.read(1)
+    except OSError:
+        return b""
+
+
 def _sizes(report: Path) -> tuple[int, ...]:
     from earmark.scan import ERRORS, RESULTS
 
@@ -211,6 +224,7 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
 
     from earmark.bench.runner import machine_info
     from earmark.bench.scan import _children, _fp_cmd
+    from earmark.scan import ERRORS, RESULTS
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +285,8 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
         row: dict[str, Any] = {"round": r + 1, "mode": mode or "to the end",
                                "lines_before": done, "target_lines": target_lines,
                                "delay_seconds": round(delay, 3) if delay is not None else None,
-                               "killed_at_seconds": round(killed_at, 3) if killed_at else None,
+                               "killed_at_seconds": (round(killed_at, 3) if killed_at is not None
+                                                     else None),
                                "exit_code": proc.returncode, "seconds": round(seconds, 2)}
         if killed_at is not None:
             sizes = _sizes(report)
@@ -280,13 +295,8 @@ def run_resume_bench(out_dir: str | os.PathLike, index: str | os.PathLike, n_fil
             row["workers_left"] = sum(1 for w in workers if _alive(w))
             row["late_writes"] = _sizes(report) != sizes
             row["lines_at_kill"] = n_lines()
-            try:
-                torn = any((report / name).read_bytes()[-1:] not in (b"", b"\n")
-                           for name in ("results.jsonl", "errors.jsonl")
-                           if (report / name).exists())
-            except OSError:
-                torn = False
-            row["torn_tail"] = torn
+            row["torn_tail"] = any(_last_byte(report / name) not in (b"", b"\n")
+                                   for name in (RESULTS, ERRORS))
             ok = row["workers_left"] == 0 and not row["late_writes"]
         else:
             row["finished"] = True
