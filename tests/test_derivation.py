@@ -428,3 +428,16 @@ def test_rotated_dots_equal_rotating_then_multiplying():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
     with pytest.raises(IndexError):
         chroma.rotated_dots(queries, vectors, rows + 300, shifts)
+
+
+def test_coarse_quantiser_is_exact_up_to_its_list_limit():
+    """Up to FLAT_QUANTIZER_MAX_LISTS lists the IVF's coarse quantiser is an exact flat
+    index (faster there, and it probes the right lists); beyond, HNSW."""
+    import faiss
+
+    def quantiser(nlist):
+        ivf = faiss.extract_index_ivf(drv._new_ivfpq(chroma.DIM, nlist))
+        return type(faiss.downcast_index(ivf.quantizer)).__name__
+
+    assert quantiser(256) == quantiser(drv.FLAT_QUANTIZER_MAX_LISTS) == "IndexFlatIP"
+    assert quantiser(2 * drv.FLAT_QUANTIZER_MAX_LISTS) == "IndexHNSWFlat"
