@@ -436,8 +436,10 @@ def test_coarse_quantiser_is_exact_up_to_its_list_limit():
     import faiss
 
     def quantiser(nlist):
-        ivf = faiss.extract_index_ivf(drv._new_ivfpq(chroma.DIM, nlist))
-        return type(faiss.downcast_index(ivf.quantizer)).__name__
+        index = drv._new_ivfpq(chroma.DIM, nlist)   # kept alive: it owns the quantiser
+        kind = type(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)).__name__
+        del index
+        return kind
 
     assert quantiser(256) == quantiser(drv.FLAT_QUANTIZER_MAX_LISTS) == "IndexFlatIP"
     assert quantiser(2 * drv.FLAT_QUANTIZER_MAX_LISTS) == "IndexHNSWFlat"
