@@ -142,18 +142,14 @@ def _transform_excerpt(e: np.ndarray, sr: int, rng: np.random.Generator
     kind = kinds[int(rng.integers(len(kinds)))]
     low, high = EXCERPT_TRANSFORMS[kind]
     sign = 1.0 if rng.random() < 0.5 else -1.0
-    try:
-        if kind == "pitch":
-            st = sign * float(rng.integers(int(low), int(high) + 1))
-            return transforms.shift_pitch(e, sr, semitones=st), kind, 1.0, st
-        speed = float(np.round(1.0 + sign * rng.uniform(low, high), 3))
-        if kind == "speed":
-            return (transforms.change_speed(e, sr, speed=speed), kind, speed,
-                    float(12.0 * np.log2(speed)))
-        return transforms.change_tempo(e, sr, speed=speed), kind, speed, 0.0
-    except ImportError as err:  # Rubber Band comes with pedalboard (a dependency)
-        raise EarmarkError(f"building transformed scan inputs needs {err.name or 'pedalboard'}: "
-                           "pip install pedalboard") from None
+    if kind == "pitch":
+        st = sign * float(rng.integers(int(low), int(high) + 1))
+        return transforms.shift_pitch(e, sr, semitones=st), kind, 1.0, st
+    speed = float(np.round(1.0 + sign * rng.uniform(low, high), 3))
+    if kind == "speed":
+        return (transforms.change_speed(e, sr, speed=speed), kind, speed,
+                float(12.0 * np.log2(speed)))
+    return transforms.change_tempo(e, sr, speed=speed), kind, speed, 0.0
 
 
 def _dbfs(y: np.ndarray) -> float:
@@ -456,21 +452,27 @@ def _run_scan_process(list_file: Path, out: Path, index: Path, jobs: int, args: 
     return d
 
 
+def _flag(record: dict[str, Any]) -> dict[str, Any]:
+    """What the known answers read of one file's result (a ``results.jsonl`` record): its
+    top recording (else derivation) match, where it starts, and its speed and key shift (a
+    derivation match has no estimate of them)."""
+    matches = record.get("matches") or []
+    recs = [m for m in matches if m.get("kind", "recording") == "recording"]
+    drv = [m for m in matches if m.get("kind") == "derivation"]
+    top = recs[0] if recs else None
+    return {"flagged": bool(matches),
+            "top": (top or (drv[0] if drv else {})).get("reference", {}).get("path"),
+            "query_start": top["query_start"] if top else None,
+            "speed": top.get("speed") if top else None,
+            "pitch_semitones": top.get("pitch_semitones") if top else None,
+            "duration": record.get("duration")}
+
+
 def _read_flags(out: Path) -> dict[str, dict[str, Any]]:
     from earmark.scan import load_records
 
     results, errors = load_records(out)
-    flags = {}
-    for r in results:
-        recs = [m for m in r.get("matches") or [] if m.get("kind", "recording") == "recording"]
-        drv = [m for m in r.get("matches") or [] if m.get("kind") == "derivation"]
-        flags[r["query"]] = {"flagged": bool(r.get("matches")),
-                             "top": (recs[0]["reference"]["path"] if recs else
-                                     drv[0]["reference"]["path"] if drv else None),
-                             "query_start": recs[0]["query_start"] if recs else None,
-                             "speed": recs[0].get("speed") if recs else None,
-                             "pitch_semitones": recs[0].get("pitch_semitones") if recs else None,
-                             "duration": r.get("duration")}
+    flags = {r["query"]: _flag(r) for r in results}
     for e in errors:
         flags[e["query"]] = {"flagged": False, "top": None, "error": e.get("error")}
     return flags
@@ -631,13 +633,8 @@ def run_scan_bench(out_dir: str | os.PathLike, index: str | os.PathLike,
         cpu["fingerprint"] += cb - ca
         cpu["hash_match"] += cc - cb
         cpu["derivation"] += cd - cc
-        recs = [m for m in matches if m.kind == "recording"]
-        flags_inproc[f] = {"flagged": bool(matches),
-                           "top": matches[0].reference.path if matches else None,
-                           "query_start": matches[0].query_start if matches else None,
-                           # (as in _read_flags: a derivation match has no estimate)
-                           "speed": recs[0].speed if recs else None,
-                           "pitch_semitones": recs[0].pitch_semitones if recs else None}
+        flags_inproc[f] = _flag({"matches": [m.to_dict() for m in matches],
+                                 "duration": lm.duration})
     in_process = _rate(len(files), audio_s, time.perf_counter() - t0, _cpu_now() - c0)
     fingerprint = _rate(len(files), audio_s, st["fingerprint"], cpu["fingerprint"])
     idx.close()

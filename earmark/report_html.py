@@ -172,10 +172,10 @@ def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) ->
     ml, mr, mt, mb = 58, 14, 26, 42
     pw, ph = width - ml - mr, height - mt - mb
 
-    def X(v: float) -> float:
+    def X(v):  # seconds -> pixels (a float or an array)
         return ml + (v - x0) / (x1 - x0) * pw
 
-    def Y(v: float) -> float:
+    def Y(v):
         return mt + ph - (v - y0) / (y1 - y0) * ph
 
     out = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
@@ -204,8 +204,8 @@ def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) ->
         dot = 5.0 if len(pts) < 80 else 3.5 if len(pts) < 250 else 2.6
         # Dots on a half-pixel grid; dots that land on one place are drawn once (a long
         # use's hundreds of landmarks on a line of ~300 px), at most MAX_PLOT_DOTS.
-        px = np.round((ml + (pts[:, 0] - x0) / (x1 - x0) * pw) * 2.0) / 2.0
-        py = np.round((mt + ph - (pts[:, 1] - y0) / (y1 - y0) * ph) * 2.0) / 2.0
+        px = np.round(X(pts[:, 0]) * 2.0) / 2.0
+        py = np.round(Y(pts[:, 1]) * 2.0) / 2.0
         keep = np.sort(np.unique(px * 4096.0 + py, return_index=True)[1])
         keep = keep[:: max(1, -(-keep.size // MAX_PLOT_DOTS))]
         d = "".join(map("M{:g} {:g}h0".format, px[keep].tolist(), py[keep].tolist()))
