@@ -97,7 +97,7 @@ import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
@@ -128,6 +128,15 @@ COHERENCE_MAX_REFINE = 4
 #: Alignments of one track refined per query (a track used several times in one query,
 #: or repeated sections of the reference that align with the same query segment).
 MAX_ALIGNMENTS_PER_TRACK = 4
+#: A repeated section: another alignment of the same recording with the same query
+#: segment, at least this fraction of the kept one's landmarks, is kept beside it as a
+#: *rival* (``_Evidence.rivals``), for the audio to place the use (the landmark counts of
+#: two copies of a looped section differ by chance; :meth:`Index._placed_by_audio`).
+RIVAL_MIN_SCORE_RATIO = 0.7
+#: ... and at least this far from it in the reference (seconds): a different place.
+RIVAL_MIN_SHIFT_SECONDS = 1.0
+#: Rivals kept per alignment.
+MAX_RIVALS = 2
 #: Recordings whose best vote counts form the per-query background (see track_contrast).
 CONTRAST_BACKGROUND = 5
 #: Recordings under the candidate threshold (``min_score``) count as this fraction of it.
@@ -707,6 +716,9 @@ class _Evidence:
     ref_frames: np.ndarray
     q_end_frames: np.ndarray
     contrast: float = math.inf
+    #: Weaker alignments of the same track with the same query segment at another place
+    #: of the reference (a repeated section), strongest first (see ``RIVAL_MIN_SCORE_RATIO``).
+    rivals: list["_Evidence"] = field(default_factory=list)
 
 
 def track_contrast(track_best: dict[int, int], track: int, score: int, floor: float,
@@ -1161,7 +1173,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             found.append(e)
     _set_contrasts(found, track_best, CONTRAST_FLOOR_FRACTION * mcfg.min_score,
                    mcfg.min_significance)
-    return _suppress_overlaps(found, mcfg.shadow_ratio)
+    return _suppress_overlaps(found, mcfg.shadow_ratio, fcfg.frame_seconds)
 
 
 #: The mix look refines at most this many alignments (the strongest over two windows).
@@ -1306,23 +1318,32 @@ def _set_contrasts(found: list[_Evidence], track_best: dict[int, int], floor: fl
                                     floor=floor)
 
 
-def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float) -> list[_Evidence]:
+def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float,
+                       frame_seconds: float) -> list[_Evidence]:
     """Drop evidence that a stronger match already explains.
 
     * Same track, query segments mostly overlapping: a repeated section of the reference
-      aligning with the same query segment is one use, not two.
+      aligning with the same query segment is one use, not two.  When it has nearly as
+      many landmarks (``RIVAL_MIN_SCORE_RATIO``) at another place of the reference, it is
+      kept as a rival of the stronger one (``rivals``): which copy was used is for the
+      audio to say.
     * Another track over mostly the same query segment with less than ``shadow_ratio``
       of the stronger match's score: a chance alignment riding on audio that is already
       accounted for (a genuinely layered second recording scores comparably).
     """
     found.sort(key=lambda e: (-e.score, -e.significance, e.track))
     kept: list[_Evidence] = []
+    min_shift = RIVAL_MIN_SHIFT_SECONDS / frame_seconds
     for e in found:
         lo, hi = _span(e)
         clash = False
         for k in kept:
             if k.track == e.track:
                 clash = _same_place(e, k)
+                if (clash and len(k.rivals) < MAX_RIVALS
+                        and e.score >= RIVAL_MIN_SCORE_RATIO * k.score
+                        and abs(e.line_b - k.line_b) >= min_shift):
+                    k.rivals.append(e)
             else:
                 klo, khi = _span(k)
                 clash = (min(hi, khi) - max(lo, klo) > 0.5 * (hi - lo)

@@ -112,6 +112,7 @@ unreadable the candidate is simply not verified.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.fft
@@ -374,8 +375,15 @@ def aligned_correlation(query: np.ndarray, reference: np.ndarray, speed: float,
         Pearson correlation in [-1, 1] of the two dB spectrograms, each frequency's mean
         removed; -1.0 when the reference is too short for any lag.
     """
-    q, r = _transposed(_spectrogram(query, cfg), _spectrogram(reference, cfg),
-                       pitch_semitones, cfg)
+    return _spectrogram_correlation(_spectrogram(query, cfg), _spectrogram(reference, cfg),
+                                    speed, pitch_semitones, cfg, max_lag_seconds)
+
+
+def _spectrogram_correlation(query_spec: np.ndarray, reference_spec: np.ndarray,
+                             speed: float, pitch_semitones: float, cfg: FingerprintConfig,
+                             max_lag_seconds: float) -> float:
+    """:func:`aligned_correlation` on the two spectrograms (:func:`_spectrogram`)."""
+    q, r = _transposed(query_spec, reference_spec, pitch_semitones, cfg)
     max_lag = int(round(2 * max_lag_seconds / cfg.frame_seconds))
     _, frames = _lag_frames(q.shape[0], r.shape[0], speed, np.arange(max_lag + 1))
     return float(_correlations(q, r, frames).max(initial=-1.0))
@@ -559,6 +567,88 @@ def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf
     return (check.correlation >= mcfg.verify_min_correlation and contrast >= mcfg.min_contrast
             and significance >= mcfg.verify_min_significance
             and (score is None or score >= mcfg.min_score))
+
+
+# ----------------------------------------------------------------------------- repeated sections
+
+#: Placing a use among the copies of a repeated section (:func:`placement_gain`): a copy
+#: whose audio correlation with the query gains at least this fraction of what the
+#: landmarks' choice leaves unexplained (``1 - correlation``) is the better place.
+PLACE_MIN_GAIN_FRACTION = 0.25
+#: ... and at least this much: copies of an exact loop correlate alike within ~0.01, and
+#: then the landmarks' choice stands (either copy is right).
+PLACE_MIN_GAIN = 0.02
+#: Alignments with rivals placed per query, strongest first (each reads its own and its
+#: rivals' catalogue segments: ~10 ms apiece).
+PLACE_MAX_CHECKS = 3
+#: The query audio compared at each place: the middle of the segment, at most this long
+#: (seconds).
+PLACE_MAX_SECONDS = 5.0
+
+
+def placement_correlations(query: np.ndarray, query_start: float, query_end: float,
+                           places: Sequence[tuple[str | os.PathLike, float, float, float]],
+                           cfg: FingerprintConfig) -> list[float | None]:
+    """How well each of several places of the catalogue audio agrees with one query
+    segment: the spectrogram correlation (:func:`aligned_correlation`) of the middle
+    :data:`PLACE_MAX_SECONDS` of the segment with each place, within
+    +-:data:`ALIGNMENT_SLACK_SECONDS` of its alignment.
+
+    Used to tell which copy of a repeated section a use took: the landmark counts of two
+    copies differ by chance (a few landmarks in a hundred), while a loop that is not
+    copied sample for sample (another layer, a variation, a different mix) differs in
+    the spectrogram.
+
+    Parameters
+    ----------
+    query : np.ndarray
+        The whole query, mono at ``cfg.sr``.
+    query_start, query_end : float
+        The segment (seconds).
+    places : sequence of (reference_path, reference_seconds, speed, pitch_semitones)
+        Each place: a catalogue file, the reference time aligned with ``query_start``,
+        and the alignment's transform.
+
+    Returns
+    -------
+    list of float or None
+        One correlation per place; ``None`` where the file cannot be read, or for every
+        place when the segment is shorter than one analysis window.
+    """
+    sr = cfg.sr
+    seconds = min(query_end - query_start, PLACE_MAX_SECONDS)
+    start = query_start + 0.5 * (query_end - query_start - seconds)
+    first = int(round(start * sr))
+    segment = query[first:first + int(round(seconds * sr))]
+    if segment.shape[0] < cfg.n_fft:
+        return [None] * len(places)
+    query_spec = _spectrogram(segment, cfg)
+    slack = ALIGNMENT_SLACK_SECONDS
+    out: list[float | None] = []
+    for path, reference_seconds, speed, pitch_semitones in places:
+        aligned = reference_seconds + (start - query_start) * speed
+        reference = _read_reference(path, aligned - slack, seconds * speed + 2 * slack, cfg)
+        out.append(None if reference is None else _spectrogram_correlation(
+            query_spec, _spectrogram(reference, cfg), speed, pitch_semitones, cfg, slack))
+    return out
+
+
+def placement_gain(kept: float, rival: float) -> bool:
+    """Whether a copy correlating ``rival`` is a better place of the use than the
+    landmarks' choice correlating ``kept`` (:data:`PLACE_MIN_GAIN_FRACTION`,
+    :data:`PLACE_MIN_GAIN`).
+
+    Measured on bench queries whose top match had such a copy with at least 0.7 of its
+    landmarks (215 of 555 hits with the 17 electronic tracks as the catalogue, 393 of
+    2 496 on the game soundtracks): the rule moved 13 and 17 matches to the true place
+    and none away from it.  Under a 0 dB mix the true place correlates 0.4-0.6 and a
+    similar copy can reach 0.1 more by chance, which the relative gain asks more of.
+
+    >>> placement_gain(0.72, 0.93), placement_gain(0.617, 0.70), placement_gain(0.99, 0.995)
+    (True, False, False)
+    """
+    gain = rival - kept
+    return gain >= PLACE_MIN_GAIN and gain >= PLACE_MIN_GAIN_FRACTION * (1.0 - kept)
 
 
 # ----------------------------------------------------------------------------- segment edges

@@ -412,6 +412,8 @@ class Index:
                 sparser(lm, self.config, coarse_peaks, self._query_max_dt(mcfg)))
         found = search(QueryLandmarks.from_landmarks(lm), self.match_views(), self.total_frames,
                        self._track_frames, self.config, mcfg, coarse)
+        if lm.audio is not None:
+            found = self._placed_by_audio(lm.audio, found, lm.duration, mcfg)
         # Candidates under the threshold may still be verified on the audio, whatever
         # their contrast: the peak test compares the alignment with other alignments of
         # the same two signals, which is what contrast approximates with other recordings
@@ -453,6 +455,38 @@ class Index:
             matches += self._derivations(lm.audio, {m.reference.track_id for m in matches})
         return QueryResult(query=label, duration=lm.duration, matches=tuple(matches),
                            elapsed=time.perf_counter() - t0)
+
+    def _placed_by_audio(self, y: np.ndarray, found: list, duration: float,
+                         mcfg: MatchConfig) -> list:
+        """``found`` with each alignment that has rivals - the same query segment aligned
+        nearly as well with another copy of a repeated section of the recording
+        (``_Evidence.rivals``) - moved to the copy whose catalogue audio agrees best with
+        the query (:func:`earmark.verify.placement_gain`), for at most
+        ``verify.PLACE_MAX_CHECKS`` alignments, strongest first.  A rival replaces a match
+        only if it is significant too: placing a use never loses it.  Only where audio
+        checks are on (``MatchConfig.verifies``; the ``fast`` preset keeps the landmarks'
+        choice)."""
+        with_rivals = [e for e in found if e.rivals][: verify.PLACE_MAX_CHECKS]
+        if not with_rivals or not mcfg.verifies:
+            return found
+        to_match = self._to_match(with_rivals + [r for e in with_rivals for r in e.rivals],
+                                  duration)
+        placed = {}
+        for e in with_rivals:
+            floor = min(e.significance, mcfg.min_significance)
+            options = [e] + [r for r in e.rivals if r.significance >= floor]
+            if len(options) == 1:
+                continue
+            kept = to_match(e)
+            # Each option's reference time at the kept segment's start, on its own line.
+            places = [(m.reference.path, m.reference_start + (kept.query_start - m.query_start)
+                       * m.speed, m.speed, m.pitch_semitones) for m in map(to_match, options)]
+            corr = [-np.inf if c is None else c for c in verify.placement_correlations(
+                y, kept.query_start, kept.query_end, places, self.config)]
+            best = 1 + int(np.argmax(corr[1:]))
+            if np.isfinite(corr[0]) and verify.placement_gain(corr[0], corr[best]):
+                placed[id(e)] = options[best]
+        return [placed.get(id(e), e) for e in found]
 
     def _to_match(self, evidence: list, duration: float) -> Callable[[Any], Match]:
         """Evidence -> :class:`Match` for a query of ``duration`` seconds (the references of

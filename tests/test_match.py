@@ -3,6 +3,7 @@ transform it went through; and nothing for audio that is not in the catalogue.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -942,3 +943,58 @@ def test_the_mix_looks_windows_hold_the_landmarks_one_window_each_would():
         assert w.duration == q.duration
         kept += w.time.size
     assert kept == np.count_nonzero((times >= 0) & (times < n_windows * window_frames))
+
+
+# --------------------------------------------------------------------------- repeated sections
+
+
+def test_a_use_of_a_repeated_section_is_placed_at_the_copy_its_audio_matches(tmp_path,
+                                                                                monkeypatch):
+    """A recording that plays section S twice, the second time with a quiet part over it
+    (a loop with a layer added, -24 dB: not a sample-for-sample copy).  An excerpt of the
+    first copy aligns with both copies by its landmarks (the second with ~0.8 of them);
+    the search keeps the weaker as a *rival* of the stronger, and the audio places the
+    use at the first copy whichever of the two the landmarks preferred (its spectrogram
+    correlates 0.91 there and 0.81 at the second).  Without audio checks (the fast
+    preset) the landmarks' choice stands."""
+    section = synth_song(seed=71, seconds=8.0, sr=SR)
+    layer = synth_song(seed=72, seconds=8.0, sr=SR)
+    parts = [synth_song(seed=73, seconds=6.0, sr=SR), section,
+             synth_song(seed=74, seconds=6.0, sr=SR), section + 0.06 * layer,
+             synth_song(seed=75, seconds=4.0, sr=SR)]
+    first, second = 6.0, 20.0                       # where the two copies start (s)
+    reference = np.concatenate(parts).astype(np.float32) * 0.6
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    write_audio(folder / "looped.wav", reference)
+    with Index.open_writer(tmp_path / "idx") as w:
+        w.add([folder], jobs=1)
+    idx = Index.open(tmp_path / "idx")
+    mcfg = MATCH_PRESETS["default"]
+    y = add_noise(reference[int((first + 1.0) * SR):int((first + 7.0) * SR)], 40.0, seed=3)
+
+    seen = []
+    placed = Index._placed_by_audio
+
+    def spy(self, audio, found, duration, cfg):
+        seen.append((audio, [e for e in found if e.rivals], duration))
+        return placed(self, audio, found, duration, cfg)
+
+    monkeypatch.setattr(Index, "_placed_by_audio", spy)
+    result = idx.match_audio(y, SR, mcfg)
+    check_top(result, "looped.wav", first + 1.0)
+    audio, with_rivals, duration = seen[0]
+    assert len(with_rivals) == 1 and len(with_rivals[0].rivals) == 1
+    fs = idx.config.frame_seconds
+    a, b = with_rivals[0], with_rivals[0].rivals[0]
+    at_first, at_second = (a, b) if a.line_b < b.line_b else (b, a)
+    assert at_first.line_b * fs == pytest.approx(first + 1.0, abs=0.1)
+    assert at_second.line_b * fs == pytest.approx(second + 1.0, abs=0.1)
+    # Whichever copy the landmarks preferred, the audio puts the use at the first.
+    wrong_kept = dataclasses.replace(at_second, rivals=[at_first])
+    right_kept = dataclasses.replace(at_first, rivals=[at_second])
+    assert placed(idx, audio, [wrong_kept], duration, mcfg) == [at_first]
+    assert placed(idx, audio, [right_kept], duration, mcfg) == [right_kept]
+    # No audio checks (the fast preset's way): the landmarks' choice stands.
+    assert placed(idx, audio, [wrong_kept], duration, mcfg.with_(verify_audio=False)) \
+        == [wrong_kept]
