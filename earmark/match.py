@@ -132,7 +132,7 @@ MAX_ALIGNMENTS_PER_TRACK = 4
 #: segment, at least this fraction of the kept one's landmarks, is kept beside it as a
 #: *rival* (``_Evidence.rivals``), for the audio to place the use (the landmark counts of
 #: two copies of a looped section differ by chance; :meth:`Index._placed_by_audio`).
-RIVAL_MIN_SCORE_RATIO = 0.7
+RIVAL_MIN_SCORE_RATIO = 0.8
 #: ... and at least this far from it in the reference (seconds): a different place.
 RIVAL_MIN_SHIFT_SECONDS = 1.0
 #: Rivals kept per alignment.
