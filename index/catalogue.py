@@ -463,23 +463,25 @@ class Index:
         (``_Evidence.rivals``) - moved to the copy whose catalogue audio agrees best with
         the query (:func:`earmark.verify.placement_gain`), for at most
         ``verify.PLACE_MAX_CHECKS`` matches, strongest first.  A rival replaces a match
-        only if it is significant too: placing a use never loses it.  Only where audio
+        only if it is a match too: placing a use never loses it.  Only where audio
         checks are on (``MatchConfig.verifies``; the ``fast`` preset keeps the landmarks'
         choice)."""
         if not mcfg.verifies:
             return found
         # Only what the landmarks already make a match: placing chance candidates (most
         # of ``found``) would read the catalogue for nothing.
-        with_rivals = [e for e in found if e.rivals and e.significance >= mcfg.min_significance
-                       and e.contrast >= mcfg.min_contrast and e.score >= mcfg.min_score]
-        with_rivals = with_rivals[: verify.PLACE_MAX_CHECKS]
+        def is_match(e) -> bool:
+            return (e.significance >= mcfg.min_significance and e.contrast >= mcfg.min_contrast
+                    and e.score >= mcfg.min_score)
+
+        with_rivals = [e for e in found if e.rivals and is_match(e)][: verify.PLACE_MAX_CHECKS]
         if not with_rivals:
             return found
         to_match = self._to_match(with_rivals + [r for e in with_rivals for r in e.rivals],
                                   duration)
         placed = {}
         for e in with_rivals:
-            options = [e] + [r for r in e.rivals if r.significance >= mcfg.min_significance]
+            options = [e] + [r for r in e.rivals if is_match(r)]
             if len(options) == 1:
                 continue
             kept = to_match(e)
