@@ -981,6 +981,10 @@ def test_a_use_of_a_repeated_section_is_placed_at_the_copy_its_audio_matches(tmp
         return placed(self, audio, found, duration, cfg)
 
     monkeypatch.setattr(Index, "_placed_by_audio", spy)
+    # The faint layer leaves the two copies ~0.9 of the same matched landmarks, which the
+    # search otherwise takes for an exact loop (either copy right; tested below): here
+    # the audio's decision itself is under test.
+    monkeypatch.setattr(earmark.match, "RIVAL_MAX_SHARED", 1.01)
     result = idx.match_audio(y, SR, mcfg)
     check_top(result, "looped.wav", first + 1.0)
     audio, with_rivals, duration = seen[0]
@@ -998,3 +1002,27 @@ def test_a_use_of_a_repeated_section_is_placed_at_the_copy_its_audio_matches(tmp
     # No audio checks (the fast preset's way): the landmarks' choice stands.
     assert placed(idx, audio, [wrong_kept], duration, mcfg.with_(verify_audio=False)) \
         == [wrong_kept]
+
+
+def test_rivals_are_other_places_with_nearly_as_many_landmarks_not_the_same_ones():
+    """A same-place alignment of the same recording is kept as a rival only at another
+    place of the reference (>= 1 s away), with >= 0.8 of the landmarks, and resting on
+    other query landmarks than the kept one (an exact loop's copies share them)."""
+    from earmark.match import _Evidence, _suppress_overlaps
+
+    fs = 0.016
+
+    def alignment(score: int, ref_seconds: float, anchors) -> _Evidence:
+        q = np.asarray(anchors, dtype=float)
+        return _Evidence(track=1, segment=0, score=score, significance=float(score),
+                         speed=1.0, pitch=0.0, line_b=ref_seconds / fs, q_frames=q,
+                         ref_frames=q + ref_seconds / fs, q_end_frames=q + 10.0)
+
+    kept = alignment(100, 10.0, range(0, 100))
+    other_copy = alignment(90, 40.0, range(50, 150))        # half of its anchors shared
+    exact_loop = alignment(95, 70.0, range(3, 103))         # 97 of 103 shared
+    too_weak = alignment(70, 100.0, range(30, 100))
+    too_close = alignment(90, 10.5, range(40, 130))         # 0.5 s away: the same place
+    kept_out = _suppress_overlaps([too_weak, exact_loop, kept, too_close, other_copy], 0.25, fs)
+    assert kept_out == [kept]
+    assert kept.rivals == [other_copy]
