@@ -1026,3 +1026,37 @@ def test_rivals_are_other_places_with_nearly_as_many_landmarks_not_the_same_ones
     kept_out = _suppress_overlaps([too_weak, exact_loop, kept, too_close, other_copy], 0.25, fs)
     assert kept_out == [kept]
     assert kept.rivals == [other_copy]
+
+
+def test_coherence_stands_out_of_a_null_that_holds_copies_of_a_loop():
+    """A reference that repeats a 1-s loop: the null alignments 1 s and 2 s away are
+    copies of the use and hold its coherence.  In plain standard deviations of the null
+    they widen it so much that the use does not stand 10 out; in robust ones (median
+    absolute deviation) it stands far out, and ``coherence_z`` is the larger reading."""
+    from earmark.fingerprint.config import DEFAULT as cfg
+    from earmark.verify import (NULL_MAX_LAG_SECONDS, NULL_MIN_LAG_SECONDS,
+                                _coherence_test, _unit_stft, phase_coherence_per_lag)
+
+    rng = np.random.default_rng(7)
+    sr = cfg.sr
+    loop = rng.standard_normal(sr).astype(np.float32)
+    reference = np.tile(loop, 12)
+    start = 4.0
+    segment = reference[int(start * sr):int((start + 4.0) * sr)]
+    query = segment + 1.5 * rng.standard_normal(segment.shape[0]).astype(np.float32)
+    window = reference[int((start - NULL_MAX_LAG_SECONDS) * sr):
+                       int((start + 4.0 + NULL_MAX_LAG_SECONDS + 0.5) * sr)]
+    centre = int(round(NULL_MAX_LAG_SECONDS / cfg.frame_seconds))
+    coherence, coherence_z = _coherence_test(query, window, centre, cfg)
+
+    per_lag = phase_coherence_per_lag(_unit_stft(query, cfg), _unit_stft(window, cfg))
+    lags = np.abs(np.arange(per_lag.shape[0]) - centre)
+    null = per_lag[lags >= int(round(NULL_MIN_LAG_SECONDS / cfg.frame_seconds))]
+    plain = (coherence - null.mean()) / null.std()
+    assert plain < 10 <= coherence_z
+    # Without the copies (the same noise, not looped) both readings stand out.
+    unlooped = rng.standard_normal(reference.shape[0]).astype(np.float32)
+    unlooped[int(start * sr):int((start + 4.0) * sr)] = segment
+    window = unlooped[int((start - NULL_MAX_LAG_SECONDS) * sr):
+                      int((start + 4.0 + NULL_MAX_LAG_SECONDS + 0.5) * sr)]
+    assert _coherence_test(query, window, centre, cfg)[1] >= 10
