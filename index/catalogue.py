@@ -484,10 +484,11 @@ class Index:
             options = [e] + [r for r in e.rivals if is_match(r)]
             if len(options) == 1:
                 continue
-            kept = to_match(e)
+            matches = [to_match(o) for o in options]
+            kept = matches[0]
             # Each option's reference time at the kept segment's start, on its own line.
             places = [(m.reference.path, m.reference_start + (kept.query_start - m.query_start)
-                       * m.speed, m.speed, m.pitch_semitones) for m in map(to_match, options)]
+                       * m.speed, m.speed, m.pitch_semitones) for m in matches]
             corr = [-np.inf if c is None else c for c in verify.placement_correlations(
                 y, kept.query_start, kept.query_end, places, self.config)]
             best = 1 + int(np.argmax(corr[1:]))
