@@ -1002,6 +1002,9 @@ def test_a_use_of_a_repeated_section_is_placed_at_the_copy_its_audio_matches(tmp
     # No audio checks (the fast preset's way): the landmarks' choice stands.
     assert placed(idx, audio, [wrong_kept], duration, mcfg.with_(verify_audio=False)) \
         == [wrong_kept]
+    # A catalogue file moved away since indexing: nothing to compare, the choice stands.
+    (folder / "looped.wav").rename(tmp_path / "moved.wav")
+    assert placed(idx, audio, [wrong_kept], duration, mcfg) == [wrong_kept]
 
 
 def test_rivals_are_other_places_with_nearly_as_many_landmarks_not_the_same_ones():
