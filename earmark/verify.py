@@ -599,11 +599,12 @@ PLACE_MIN_GAIN_FRACTION = 0.25
 #: then the landmarks' choice stands (either copy is right).
 PLACE_MIN_GAIN = 0.02
 #: Alignments with rivals placed per query, strongest first (each reads its own and its
-#: rivals' catalogue segments: ~10 ms apiece).
+#: rivals' catalogue segments: ~7 ms apiece).
 PLACE_MAX_CHECKS = 3
 #: The query audio compared at each place: the middle of the segment, at most this long
-#: (seconds).
-PLACE_MAX_SECONDS = 5.0
+#: (seconds).  3 s and 5 s placed the same uses on the bench's queries (both corpora,
+#: in process); 3 s costs a third less (a 3-s Vorbis read ~7 ms against ~9 ms).
+PLACE_MAX_SECONDS = 3.0
 
 
 def placement_correlations(query: np.ndarray, query_start: float, query_end: float,
