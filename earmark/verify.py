@@ -38,11 +38,10 @@ statistics, neither of which comes from the landmarks:
     that stands above the same at the peak test's null alignments (in plain or in robust
     standard deviations, whichever a recurring loop or beat grid widens less).  A
     recording used as it is (sampled under new vocals, embedded in another song,
-    re-encoded) keeps its
-    phase in every bin where it is louder than what was added, and a fixed filter only
-    adds a constant phase per frequency; different recordings drift apart in phase
-    however alike they sound, and the two-signal null discounts what drifts slowly
-    (held tones).  So it reads far more of the audio than the peaks do: on the bench's
+    re-encoded) keeps its phase in every bin where it is louder than what was added, and
+    a fixed filter only adds a constant phase per frequency; different recordings drift
+    apart in phase however alike they sound, and the two-signal null discounts what
+    drifts slowly (held tones).  So it reads far more of the audio than the peaks do: on the bench's
     5-s excerpts under other music at 0 dB the true alignments stand 15-249 out (median
     93) over the whole 5 s, 31-150 for the 13 where the peak test reached 0.4-14.  A
     regenerated recording (vocoder, Griffin-Lim, a neural codec) keeps its spectrogram
@@ -660,10 +659,10 @@ def placement_gain(kept: float, rival: float) -> bool:
     :data:`PLACE_MIN_GAIN`).
 
     Measured in process on the bench's queries, placing against not placing in the same
-    run (:meth:`earmark.index.catalogue.Index._placed_by_audio`, rivals from 0.8 of the
-    landmarks): with the 17 electronic tracks as the catalogue, 509 -> 516 of 555 hits at
-    the right place (or a verified repeat of it); on the game soundtracks 2 485 -> 2 489
-    of 2 494; no hit lost and no use moved away from its place.  Under a 0 dB mix the
+    run (:meth:`earmark.index.catalogue.Index._placed_by_audio`, the rival rules of
+    :mod:`earmark.match`): with the 17 electronic tracks as the catalogue, 511 -> 518 of
+    558 hits at the right place (or a verified repeat of it); on the game soundtracks
+    2 486 -> 2 490 of 2 495; no hit lost and no use moved away from its place.  Under a 0 dB mix the
     true place correlates 0.4-0.6 and a similar copy can reach 0.1 more by chance, which
     the relative gain asks more of.
 

@@ -426,14 +426,12 @@ class Index:
                                          and verify.coherence_applies(e.speed, e.pitch)))
                 and e.significance < mcfg.min_significance] \
             if mcfg.verifies and lm.audio is not None else []
-        found = [e for e in found if e.contrast >= mcfg.min_contrast and e.score >= mcfg.min_score]
         # Ties in score (the same audio in two catalogue recordings, e.g. a remaster)
         # go to the more significant one, whatever order the files were indexed in.
         def rank(e) -> tuple:
             return (-e.score, -e.significance, e.track)
 
-        found = sorted((e for e in found if e.significance >= mcfg.min_significance),
-                       key=rank)[: mcfg.max_matches]
+        found = sorted((e for e in found if self._is_match(e, mcfg)), key=rank)[: mcfg.max_matches]
         weak = sorted(weak, key=lambda e: (-e.significance, e.track))[: mcfg.max_matches]
         to_match = self._to_match(found + weak, lm.duration)
 
@@ -470,18 +468,15 @@ class Index:
             return found
         # Only what the landmarks already make a match: placing chance candidates (most
         # of ``found``) would read the catalogue for nothing.
-        def is_match(e) -> bool:
-            return (e.significance >= mcfg.min_significance and e.contrast >= mcfg.min_contrast
-                    and e.score >= mcfg.min_score)
-
-        with_rivals = [e for e in found if e.rivals and is_match(e)][: verify.PLACE_MAX_CHECKS]
+        with_rivals = [e for e in found if e.rivals and self._is_match(e, mcfg)]
+        with_rivals = with_rivals[: verify.PLACE_MAX_CHECKS]
         if not with_rivals:
             return found
         to_match = self._to_match(with_rivals + [r for e in with_rivals for r in e.rivals],
                                   duration)
         placed = {}
         for e in with_rivals:
-            options = [e] + [r for r in e.rivals if is_match(r)]
+            options = [e] + [r for r in e.rivals if self._is_match(r, mcfg)]
             if len(options) == 1:
                 continue
             matches = [to_match(o) for o in options]
@@ -576,6 +571,13 @@ class Index:
                              score=e.score):
                 out.append((e, dataclasses.replace(m, verified=check)))
         return out
+
+    @staticmethod
+    def _is_match(e, mcfg: MatchConfig) -> bool:
+        """Whether evidence ``e`` is a match on its landmarks alone (significance, contrast
+        and landmark count at a match's floors)."""
+        return (e.significance >= mcfg.min_significance and e.contrast >= mcfg.min_contrast
+                and e.score >= mcfg.min_score)
 
     @staticmethod
     def _coherence_only(e, mcfg: MatchConfig) -> bool:
