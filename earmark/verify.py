@@ -41,11 +41,11 @@ statistics, neither of which comes from the landmarks:
     re-encoded) keeps its phase in every bin where it is louder than what was added, and
     a fixed filter only adds a constant phase per frequency; different recordings drift
     apart in phase however alike they sound, and the two-signal null discounts what
-    drifts slowly (held tones).  So it reads far more of the audio than the peaks do: on the bench's
-    5-s excerpts under other music at 0 dB the true alignments stand 15-249 out (median
-    93) over the whole 5 s, 31-150 for the 13 where the peak test reached 0.4-14.  A
-    regenerated recording (vocoder, Griffin-Lim, a neural codec) keeps its spectrogram
-    and loses its phase: the other two tests are for it.
+    drifts slowly (held tones).  So it reads far more of the audio than the peaks do:
+    on the bench's 5-s excerpts under other music at 0 dB the true alignments stand
+    15-249 out (median 93) over the whole 5 s, 31-150 for the 13 where the peak test
+    reached 0.4-14.  A regenerated recording (vocoder, Griffin-Lim, a neural codec)
+    keeps its spectrogram and loses its phase: the other two tests are for it.
 
 A candidate is accepted when its waveform stands out
 (:attr:`~earmark.fingerprint.config.MatchConfig.verify_min_coherence_z`, 10), when its
