@@ -46,6 +46,16 @@ long before it is needed for the evidence.  Measured on the dev corpus (``fp ben
 coarse stage loses no hit, and a clean 10-s query went from ~72 to ~14 ms (the faster front
 end contributes a few ms); at 20 000 tracks, from 7.9 s to 0.75 s.
 
+A second coarse round runs where the first leaves most of the query unexplained (the
+matches' segments cover under ``dense_coarse_max_explained`` of it: no match, or a short
+use in a long file).  The strongest landmarks are the query's, not the recording's:
+under other music as loud, that music takes about half of the strongest peaks and pairs
+the recording's remaining ones with its own, and an 8-s excerpt at tempo 1.07 in 90 s of
+other music left its transform without a coarse cell of 4 votes while every landmark
+aligned 65 (significance 156).  So the speed, tempo and pitch lines are voted again with
+twice the peak density (``dense_coarse_peaks_per_second``), and the strongest transforms
+not voted yet go to the fine stage as before.  On 42 such excerpts 27 -> 34 were found.
+
 The mix look
 ------------
 A recording used as it is under other music as loud (a sample under new vocals and
@@ -96,6 +106,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -1053,13 +1064,52 @@ def refine_candidate(query: QueryLandmarks, seg: SegmentView, si: int, track: in
                      ref_frames=ref_f, q_end_frames=x + query.dt[q_idx])
 
 
+def _coarse_contenders(coarse_cands: np.ndarray, coarse_visits: np.ndarray, n_h: int,
+                       total_frames: float, offset_bin_frames: int, mcfg: MatchConfig,
+                       exclude: np.ndarray, n_keep: int) -> np.ndarray:
+    """Hypotheses (sorted grid indices) the fine stage votes with every landmark: the
+    ``n_keep`` whose best coarse cell that identity does not explain is
+    strongest, among those whose cell is itself unlikely by chance (the pre-filter's
+    model on the coarse landmarks' visits).  Identity and ``exclude`` never are."""
+    best = _unexplained_best(coarse_cands, n_h)
+    best[0] = 0   # identity is voted with every landmark anyway
+    best[exclude] = 0
+    for h in np.flatnonzero(best).tolist():
+        if best[h] < _cell_min_count(coarse_visits[h], h, n_h, total_frames, offset_bin_frames,
+                                     mcfg.coarse_min_significance, int(best[h]) + 1):
+            best[h] = 0
+    ranked = np.lexsort((np.arange(n_h), -best))
+    return np.sort(ranked[best[ranked] > 0][:n_keep])
+
+
+def explained_fraction(found: list["_Evidence"], query_frames: float,
+                       min_significance: float) -> float:
+    """Share of the query's ``query_frames`` covered by the segments of the evidence at
+    least ``min_significance`` significant (overlapping segments counted once).
+
+    >>> e = lambda a, b, sig: _Evidence(0, 0, 10, sig, 1.0, 0.0, 0.0, np.array([a, b], float),
+    ...                                 np.array([a, b], float), np.array([a + 1, b + 1], float))
+    >>> explained_fraction([e(0, 29, 30.0), e(20, 49, 25.0), e(80, 99, 5.0)], 100.0, 20.0)
+    0.5
+    """
+    spans = sorted(_span(e) for e in found if e.significance >= min_significance)
+    covered, reach = 0.0, -math.inf
+    for lo, hi in spans:
+        covered += max(0.0, hi - max(lo, reach))
+        reach = max(reach, hi)
+    return covered / max(query_frames, 1.0)
+
+
 def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: float,
            track_frames: dict[int, float], fcfg: FingerprintConfig,
-           mcfg: MatchConfig, coarse: QueryLandmarks | None = None) -> list[_Evidence]:
+           mcfg: MatchConfig, coarse: QueryLandmarks | None = None,
+           dense_coarse: Callable[[], QueryLandmarks] | None = None) -> list[_Evidence]:
     """Find aligned evidence of catalogue tracks in the query (see module docstring).
 
     ``coarse`` (the query's strongest landmarks, :func:`earmark.fingerprint.landmarks.sparser`)
-    enables the coarse-to-fine search over the hypothesis grid.
+    enables the coarse-to-fine search over the hypothesis grid.  ``dense_coarse`` gives
+    the same at ``mcfg.dense_coarse_peaks_per_second``: called only when the first round
+    leaves most of the query unexplained (the second coarse round, module docstring).
     """
     hyp_s, hyp_p = hypothesis_grid(mcfg)
     n_h = hyp_s.shape[0]
@@ -1068,46 +1118,131 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     # Candidates the audio check may still accept are weaker than a match's floor.
     min_score = mcfg.candidate_min_score
     coherence_min_score = min(mcfg.coherence_min_score, min_score) if mcfg.verifies else min_score
-    if coarse is not None and mcfg.refine_hypotheses > 0 and n_h > 1 + mcfg.refine_hypotheses:
+    coarse_to_fine = coarse is not None and mcfg.refine_hypotheses > 0 \
+        and n_h > 1 + mcfg.refine_hypotheses
+    # The lines and the tempo-and-key region are separate jobs for the voting threads
+    # (the region is as large as the lines: one pass would split unevenly).
+    region = tempo_key_region(hyp_s, hyp_p)
+
+    def coarse_passes(q: QueryLandmarks, parts: tuple[np.ndarray, ...]) -> list[_VotePass]:
+        return [_VotePass(q, np.flatnonzero(part), mcfg.coarse_min_score,
+                          mcfg.coarse_probe_margin, mcfg.coarse_stop_key_ratio)
+                for part in parts if part.any()]
+
+    def fine_vote(hyps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        (c, v), = _vote_passes([_VotePass(query, hyps, min_score, mcfg.probe_margin,
+                                          mcfg.stop_key_ratio)],
+                               hyp_s, hyp_p, segments, n_threads, mcfg)
+        return c, v
+
+    ranked = np.zeros(0, dtype=np.int64)
+    if coarse_to_fine:
         # Coarse to fine: vote the whole grid with the strongest landmarks, then the
         # strongest transforms that identity does not explain with all of them.
         # Identity is voted with all of them in any case, alongside the coarse pass.
         identity = _VotePass(query, np.zeros(1, np.int64), min_score, mcfg.probe_margin,
                              mcfg.stop_key_ratio)
-        # The lines and the tempo-and-key region are separate jobs for the voting
-        # threads (the region is as large as the lines: one pass would split unevenly).
-        region = tempo_key_region(hyp_s, hyp_p)
-        passes = [identity] + [_VotePass(coarse, np.flatnonzero(part), mcfg.coarse_min_score,
-                                         mcfg.coarse_probe_margin, mcfg.coarse_stop_key_ratio)
-                               for part in (~region, region) if part.any()]
-        (id_cands, id_visits), *coarse_out = _vote_passes(passes, hyp_s, hyp_p, segments,
-                                                          n_threads, mcfg)
-        coarse_cands = np.concatenate([c for c, _ in coarse_out])
-        coarse_visits = sum(v for _, v in coarse_out)
-        best = _unexplained_best(coarse_cands, n_h)
-        best[0] = 0   # identity is voted anyway
-        # A transform is a contender only if its best coarse cell is itself unlikely by
-        # chance (same model as the pre-filter, on the coarse landmarks' visits).
-        for h in np.flatnonzero(best).tolist():
-            if best[h] < _cell_min_count(coarse_visits[h], h, n_h, total_frames, W,
-                                         mcfg.coarse_min_significance, int(best[h]) + 1):
-                best[h] = 0
-        ranked = np.lexsort((np.arange(n_h), -best))
-        ranked = np.sort(ranked[best[ranked] > 0][: mcfg.refine_hypotheses])
-        cands, visits_total = id_cands, id_visits
+        (cands, visits_total), *coarse_out = _vote_passes(
+            [identity] + coarse_passes(coarse, (~region, region)), hyp_s, hyp_p, segments, n_threads, mcfg)
+        ranked = _coarse_contenders(np.concatenate([c for c, _ in coarse_out]),
+                                    sum(v for _, v in coarse_out), n_h, total_frames, W, mcfg,
+                                    ranked, mcfg.refine_hypotheses)
         if ranked.size:
-            (t_cands, t_visits), = _vote_passes(
-                [_VotePass(query, ranked, min_score, mcfg.probe_margin,
-                           mcfg.stop_key_ratio)],
-                hyp_s, hyp_p, segments, n_threads, mcfg)
-            cands, visits_total = np.concatenate([id_cands, t_cands]), id_visits + t_visits
+            t_cands, t_visits = fine_vote(ranked)
+            cands, visits_total = np.concatenate([cands, t_cands]), visits_total + t_visits
     else:
-        (cands, visits_total), = _vote_passes(
-            [_VotePass(query, np.arange(n_h), min_score, mcfg.probe_margin,
-                       mcfg.stop_key_ratio)],
-            hyp_s, hyp_p, segments, n_threads, mcfg)
-    track_best: dict[int, int] = {}
+        cands, visits_total = fine_vote(np.arange(n_h))
+    max_refine = 4 * mcfg.max_matches + 8
+    budget = [max_refine, VERIFY_MAX_REFINE, COHERENCE_MAX_REFINE]
+    found: list[_Evidence] = []
+    attempts: dict[int, list[tuple[float, float]]] = {}
+    grid_pairs: dict[tuple[int, int, int], tuple] = {}
+    refined = [0, 0, 0]
+
+    def refine_round(cands: np.ndarray) -> None:
+        """Refine the strongest of ``cands`` into ``found`` (shared budgets and attempts)."""
+        if cands.shape[0] == 0:
+            return
+        # Strongest first; ties broken deterministically (hypothesis, track, offset, segment).
+        order = np.lexsort((cands[:, 4], cands[:, 3], cands[:, 2], cands[:, 1], -cands[:, 0]))
+        top = cands[order[: 8 * max_refine]]
+
+        # Pre-filter with the same chance model as the final significance, on the coarse
+        # two-bin window: refining a candidate costs a look-up pass and most of another.
+        # The chance rate depends on the hypothesis only, so each hypothesis gets a minimum
+        # vote count (significance grows with the count).
+        def passes_prefilter(significance: float) -> np.ndarray:
+            min_count = {h: _cell_min_count(visits_total[h], h, n_h, total_frames, W,
+                                            significance, int(top[:, 0].max()) + 1)
+                         for h in np.unique(top[:, 1]).tolist()}
+            return top[:, 0] >= np.array([min_count[h] for h in top[:, 1].tolist()],
+                                         dtype=np.int64)
+
+        # Candidates that may become matches first, as many as ``max_refine``; then, when
+        # none of them is significant, at most VERIFY_MAX_REFINE weaker ones for the audio
+        # check (its cost bounds how many it can take; on every query they would cost a
+        # clean 10-s query ~25 % more time).
+        strong = (top[:, 0] >= mcfg.min_score) & passes_prefilter(
+            PREFILTER_FRACTION * mcfg.min_significance)
+        weak = ~strong & passes_prefilter(VERIFY_PREFILTER_FRACTION
+                                          * mcfg.verify_peaks_min_significance) \
+            if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
+        # Last, candidates at identity too weak for that pre-filter, for the coherence
+        # test alone: a recording used as it is keeps its waveform, which stands out of
+        # chance by far more than its few surviving landmarks do (:mod:`earmark.verify`).
+        # That includes identity candidates of the tier above that its budget left out (a
+        # refined one is not refined twice: see ``attempts``).
+        coherent = (~strong & (top[:, 1] == 0) & passes_prefilter(
+            VERIFY_PREFILTER_FRACTION * mcfg.coherence_min_significance)) \
+            if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
+        candidates = [(row, 0) for row in top[strong].tolist()]
+        candidates += [(row, 1) for row in top[weak].tolist()]
+        candidates += [(row, 2) for row in top[coherent].tolist()]
+        for (score0, h, track, off_bin, si), tier in candidates:
+            if refined[tier] >= budget[tier]:
+                continue
+            if tier >= 1 and any(e.significance >= mcfg.min_significance for e in found):
+                break   # the query matches: no sub-threshold search beside it (cost)
+            s = float(hyp_s[h])
+            b0 = (off_bin + 1.0) * W
+            # Already tried: the same track on a nearby line (the same alignment shows up
+            # in neighbouring hypotheses and bins), or enough alignments of this track.
+            tried = attempts.setdefault(track, [])
+            if len(tried) >= MAX_ALIGNMENTS_PER_TRACK or any(
+                    abs(tb - b0) < 3 * W and abs(ts / s - 1) < 0.03 for tb, ts in tried):
+                continue
+            tried.append((b0, s))
+            refined[tier] += 1
+            # At identity the coherence test can take a candidate with fewer landmarks.
+            least = coherence_min_score if (tier >= 1 and h == 0) else min_score
+            e = refine_candidate(query, segments[si], si, track, h, n_h, b0, least,
+                                 grid_pairs, total_frames, track_frames, fcfg, mcfg)
+            if e is not None:
+                tried.append((e.line_b, e.speed))
+                found.append(e)
+
+    refine_round(cands)
+    # Second coarse round: where most of the query is still unexplained, a transformed
+    # use may be one voice of a mix, whose peaks the other music pushed out of the
+    # strongest few (module docstring).  The grid is voted again with a denser coarse
+    # set, and transforms not already refined go to the fine stage.
+    if coarse_to_fine and dense_coarse is not None and explained_fraction(
+            found, query.duration / fcfg.frame_seconds,
+            mcfg.min_significance) < mcfg.dense_coarse_max_explained:
+        dense_out = _vote_passes(coarse_passes(dense_coarse(), (~region,)), hyp_s, hyp_p, segments,
+                                 n_threads, mcfg)
+        more = _coarse_contenders(np.concatenate([c for c, _ in dense_out]),
+                                  sum(v for _, v in dense_out), n_h, total_frames, W, mcfg,
+                                  ranked, mcfg.dense_refine_hypotheses)
+        if more.size:
+            t_cands, t_visits = fine_vote(more)
+            visits_total = visits_total + t_visits
+            cands = np.concatenate([cands, t_cands])
+            refine_round(t_cands)
+    if not found:
+        return []
     # Contrast is against recordings that reach a match's floor, whatever else is kept.
+    track_best: dict[int, int] = {}
     at_floor = cands[cands[:, 0] >= mcfg.min_score]
     if at_floor.shape[0]:
         order_t = np.lexsort((-at_floor[:, 0], at_floor[:, 2]))
@@ -1115,69 +1250,6 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         first = np.concatenate([[True], tracks_sorted[1:] != tracks_sorted[:-1]])
         track_best = {int(t): int(v)
                       for t, v in zip(tracks_sorted[first], at_floor[order_t, 0][first])}
-    if cands.shape[0] == 0:
-        return []
-    # Strongest first; ties broken deterministically (hypothesis, track, offset, segment).
-    order = np.lexsort((cands[:, 4], cands[:, 3], cands[:, 2], cands[:, 1], -cands[:, 0]))
-    max_refine = 4 * mcfg.max_matches + 8
-    top = cands[order[: 8 * max_refine]]
-    # Pre-filter with the same chance model as the final significance, on the coarse
-    # two-bin window: refining a candidate costs a look-up pass and most of another.
-    # The chance rate depends on the hypothesis only, so each hypothesis gets a minimum
-    # vote count (significance grows with the count).
-    def passes_prefilter(significance: float) -> np.ndarray:
-        min_count = {h: _cell_min_count(visits_total[h], h, n_h, total_frames, W, significance,
-                                        int(top[:, 0].max()) + 1)
-                     for h in np.unique(top[:, 1]).tolist()}
-        return top[:, 0] >= np.array([min_count[h] for h in top[:, 1].tolist()], dtype=np.int64)
-
-    # Candidates that may become matches first, as many as ``max_refine``; then, when
-    # none of them is significant, at most VERIFY_MAX_REFINE weaker ones for the audio
-    # check (its cost bounds how many it can take; on every query they would cost a
-    # clean 10-s query ~25 % more time).
-    strong = (top[:, 0] >= mcfg.min_score) & passes_prefilter(
-        PREFILTER_FRACTION * mcfg.min_significance)
-    weak = ~strong & passes_prefilter(VERIFY_PREFILTER_FRACTION
-                                      * mcfg.verify_peaks_min_significance) \
-        if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
-    # Last, candidates at identity too weak for that pre-filter, for the coherence test
-    # alone: a recording used as it is keeps its waveform, which stands out of chance by
-    # far more than its few surviving landmarks do (:mod:`earmark.verify`).
-    # That includes identity candidates of the tier above that its budget left out (a
-    # refined one is not refined twice: see ``attempts``).
-    coherent = (~strong & (top[:, 1] == 0) & passes_prefilter(
-        VERIFY_PREFILTER_FRACTION * mcfg.coherence_min_significance)) \
-        if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
-    candidates = [(row, 0) for row in top[strong].tolist()]
-    candidates += [(row, 1) for row in top[weak].tolist()]
-    candidates += [(row, 2) for row in top[coherent].tolist()]
-    budget = [max_refine, VERIFY_MAX_REFINE, COHERENCE_MAX_REFINE]
-    found: list[_Evidence] = []
-    attempts: dict[int, list[tuple[float, float]]] = {}
-    grid_pairs: dict[tuple[int, int, int], tuple] = {}
-    refined = [0, 0, 0]
-    for (score0, h, track, off_bin, si), tier in candidates:
-        if refined[tier] >= budget[tier]:
-            continue
-        if tier >= 1 and any(e.significance >= mcfg.min_significance for e in found):
-            break   # the query matches: no sub-threshold search beside it (cost)
-        s = float(hyp_s[h])
-        b0 = (off_bin + 1.0) * W
-        # Already tried: the same track on a nearby line (the same alignment shows up in
-        # neighbouring hypotheses and bins), or enough alignments of this track.
-        tried = attempts.setdefault(track, [])
-        if len(tried) >= MAX_ALIGNMENTS_PER_TRACK or any(
-                abs(tb - b0) < 3 * W and abs(ts / s - 1) < 0.03 for tb, ts in tried):
-            continue
-        tried.append((b0, s))
-        refined[tier] += 1
-        # At identity the coherence test can take a candidate with fewer landmarks.
-        least = coherence_min_score if (tier >= 1 and h == 0) else min_score
-        e = refine_candidate(query, segments[si], si, track, h, n_h, b0, least, grid_pairs,
-                             total_frames, track_frames, fcfg, mcfg)
-        if e is not None:
-            tried.append((e.line_b, e.speed))
-            found.append(e)
     _set_contrasts(found, track_best, CONTRAST_FLOOR_FRACTION * mcfg.min_score,
                    mcfg.min_significance)
     return _suppress_overlaps(found, mcfg.shadow_ratio, fcfg.frame_seconds)

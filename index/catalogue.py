@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import multiprocessing
 import os
 import time
@@ -403,15 +404,19 @@ class Index:
         """Match landmarks computed with this index's config (``side="query"``)."""
         mcfg = mcfg or MatchConfig()
         t0 = time.perf_counter()
-        coarse = None
+        coarse = dense_coarse = None
         if lm.peak_time is not None and mcfg.refine_hypotheses > 0:
-            coarse_peaks = dataclasses.replace(self.config.query,
-                                               peaks_per_second=mcfg.coarse_peaks_per_second,
-                                               fan_out=mcfg.coarse_fan_out)
-            coarse = QueryLandmarks.from_landmarks(
-                sparser(lm, self.config, coarse_peaks, self._query_max_dt(mcfg)))
+            def coarse_set(peaks_per_second: float) -> QueryLandmarks:
+                peaks = dataclasses.replace(self.config.query, peaks_per_second=peaks_per_second,
+                                            fan_out=mcfg.coarse_fan_out)
+                return QueryLandmarks.from_landmarks(
+                    sparser(lm, self.config, peaks, self._query_max_dt(mcfg)))
+
+            coarse = coarse_set(mcfg.coarse_peaks_per_second)
+            if mcfg.dense_coarse_peaks_per_second > mcfg.coarse_peaks_per_second:
+                dense_coarse = functools.partial(coarse_set, mcfg.dense_coarse_peaks_per_second)
         found = search(QueryLandmarks.from_landmarks(lm), self.match_views(), self.total_frames,
-                       self._track_frames, self.config, mcfg, coarse)
+                       self._track_frames, self.config, mcfg, coarse, dense_coarse)
         if lm.audio is not None:
             found = self._placed_by_audio(lm.audio, found, lm.duration, mcfg)
         # Candidates under the threshold may still be verified on the audio, whatever

@@ -187,6 +187,82 @@ def test_coarse_vote_uses_its_own_stop_key_ratio(catalogue, index, monkeypatch):
                       "fine": {match_mod.stop_key_limit(n, 1000.0, 0) for n in sizes}}
 
 
+def _under_other_music(catalogue, q: np.ndarray, at_seconds: float, snr_db: float,
+                       seed: int, seconds: float = 40.0) -> np.ndarray:
+    """``q`` inside ``seconds`` of non-catalogue music, ``snr_db`` louder than it there."""
+    bed = catalogue.other_song(seed, seconds).astype(np.float64)
+    a = int(at_seconds * SR)
+    part = bed[a:a + q.shape[0]]
+    bed *= math.sqrt(np.mean(q.astype(np.float64) ** 2) / np.mean(part ** 2) / 10 ** (snr_db / 10))
+    bed[a:a + q.shape[0]] += q
+    return bed.astype(np.float32)
+
+
+@pytest.mark.parametrize("name, kind, snr_db, seed", [("track05.wav", "tempo", 0.0, 9002),
+                                                      ("track08.ogg", "speed", 3.0, 9002)])
+def test_second_coarse_round_finds_a_transformed_use_under_other_music(
+        catalogue, index, monkeypatch, name, kind, snr_db, seed):
+    """An 8-s excerpt at tempo 0.92 (or speed 1.08) under other music as loud, 15 s into a
+    40-s song: the recording's peaks are no longer most of the query's strongest, and the
+    first coarse round leaves the true transform without a cell.  The second round (a
+    denser coarse set, run because nothing explains the query) finds it."""
+    import earmark.match as match_mod
+
+    y, start = catalogue.excerpt(name, 6.0, 8.0)
+    if kind == "tempo":
+        speed, pitch = 0.92, 0.0
+        q = pedalboard.time_stretch(y[None, :], SR, stretch_factor=speed)[0].astype(np.float32)
+    else:
+        speed, pitch = 1.08, 12 * math.log2(1.08)
+        q = soxr.resample(y, SR * speed, SR).astype(np.float32)
+    song = _under_other_music(catalogue, q, 15.0, snr_db, seed)
+    recording = MATCH_PRESETS["recording"]
+    one_round = index.match_audio(song, SR, recording.with_(dense_coarse_peaks_per_second=0.0))
+    assert name not in [track_of(m) for m in one_round.matches]
+
+    real_vote_passes = match_mod._vote_passes
+    coarse_densities: list[int] = []
+
+    def counting_vote_passes(passes, *args, **kwargs):
+        if passes[-1].hyp_index.shape[0] >= 20:      # a coarse round votes the grid
+            coarse_densities.append(passes[-1].query.time.shape[0])
+        return real_vote_passes(passes, *args, **kwargs)
+
+    monkeypatch.setattr(match_mod, "_vote_passes", counting_vote_passes)
+    m = check_top(index.match_audio(song, SR, recording), name, start - 15.0 * speed,
+                  speed=speed, pitch=pitch)
+    assert 15.0 - 0.5 <= m.query_start and m.query_end <= 15.0 + q.shape[0] / SR + 0.5
+    # Two coarse rounds, the second with more landmarks.
+    assert len(coarse_densities) == 2 and coarse_densities[1] > coarse_densities[0]
+
+
+def test_second_coarse_round_only_where_the_query_is_unexplained(catalogue, index,
+                                                                 monkeypatch):
+    """A query whose matches cover most of it votes the grid once; one that matches
+    nothing votes it twice."""
+    import earmark.match as match_mod
+
+    real_vote_passes = match_mod._vote_passes
+    coarse_rounds: list[int] = []
+
+    def counting_vote_passes(passes, *args, **kwargs):
+        if passes[-1].hyp_index.shape[0] >= 20:
+            coarse_rounds.append(1)
+        return real_vote_passes(passes, *args, **kwargs)
+
+    monkeypatch.setattr(match_mod, "_vote_passes", counting_vote_passes)
+    recording = MATCH_PRESETS["recording"]
+    name = "track03.wav"
+    y, start = catalogue.excerpt(name, 5.0, 10.0)
+    q = soxr.resample(y, SR * 1.1, SR).astype(np.float32)
+    check_top(index.match_audio(q, SR, recording), name, start, speed=1.1, pitch=12 * math.log2(1.1))
+    assert len(coarse_rounds) == 1
+    coarse_rounds.clear()
+    assert index.match_audio(catalogue.other_song(NON_CATALOGUE_SEEDS[0], 10.0), SR,
+                             recording).matches == ()
+    assert len(coarse_rounds) == 2
+
+
 @pytest.mark.parametrize("semitones", [2.0, -2.0])
 def test_pitch_shift(catalogue, index, semitones):
     name = "track05.wav"
