@@ -1224,12 +1224,15 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     refine_round(cands)
     # Second coarse round: where most of the query is still unexplained, a transformed
     # use may be one voice of a mix, whose peaks the other music pushed out of the
-    # strongest few (module docstring).  The grid is voted again with a denser coarse
-    # set, and transforms not already refined go to the fine stage.
+    # strongest few (module docstring).  The speed, tempo and pitch lines are voted again
+    # with a denser coarse set, and transforms not already refined go to the fine stage.
     if coarse_to_fine and dense_coarse is not None and explained_fraction(
             found, query.duration / fcfg.frame_seconds,
             mcfg.min_significance) < mcfg.dense_coarse_max_explained:
-        dense_out = _vote_passes(coarse_passes(dense_coarse(), (~region,)), hyp_s, hyp_p, segments,
+        # The lines alone, as two jobs of every other hypothesis (one each for two threads).
+        lines = np.flatnonzero(~region)
+        halves = tuple(np.isin(np.arange(n_h), lines[k::2]) for k in (0, 1))
+        dense_out = _vote_passes(coarse_passes(dense_coarse(), halves), hyp_s, hyp_p, segments,
                                  n_threads, mcfg)
         more = _coarse_contenders(np.concatenate([c for c, _ in dense_out]),
                                   sum(v for _, v in dense_out), n_h, total_frames, W, mcfg,
