@@ -289,24 +289,24 @@ class MatchConfig:
         its grid neighbours lead the coarse vote; measured on the dev corpus, 4 lost no
         hit against 8 and cut a clean 10-s query by ~20 %.
     dense_coarse_peaks_per_second, dense_refine_hypotheses : float, int
-        The second coarse round (:func:`earmark.match.search`), for a query the first
-        round leaves mostly unexplained: the speed, tempo and pitch lines are voted again
-        with the query's peaks thinned to this density (18 per second, twice the first
-        round's: a recording under other music as loud holds about half of the query's
-        strongest peaks) paired with ``coarse_fan_out``, and the
-        ``dense_refine_hypotheses`` strongest transforms not voted yet are voted with
-        every landmark.  A transformed use under other music can leave its transform
-        without a single coarse cell (under ``coarse_min_score`` votes) while every
-        landmark finds it (score 30-65, significance 68-156).  Measured on 42 8-s
-        catalogue excerpts at tempo, pitch or speed changes inside 90 s of other music at
-        0 and 6 dB (dev corpus): 27 -> 34 found (36 transformed: 21 -> 28), 12 and 14 per
-        second 33 and 32; ``fp bench`` electronic catalogue ``embed_tempo_+10_6db``
-        29 -> 31 of 40; no bench query lost, no negative matched.  Cost: it runs on
-        negatives and on long files with a short use; +20 % CPU on those 90-s queries,
-        +14 % on the scan bench's 40 files, +6 % mean CPU and +1 % p50 on the game
-        bench's queries, +10 % and +22 % on the electronic catalogue's (most of them hard
-        rows or negatives).  The tempo-and-key plane is not voted again (it would double
-        that).  0 disables.
+        The second coarse round (:func:`earmark.match.search`), for a query the first round
+        leaves mostly unexplained: the speed, tempo and pitch lines are voted again with the
+        query's peaks thinned to this density (18 per second, twice the first round's: a
+        recording under other music as loud holds about half of the query's strongest peaks)
+        paired with ``coarse_fan_out``, and the ``dense_refine_hypotheses`` strongest
+        transforms not voted yet are voted with every landmark. A transformed use under
+        other music can leave its transform without a single coarse cell (under
+        ``coarse_min_score`` votes) while every landmark finds it (score 30-65, significance
+        68-156). Measured on 42 8-s catalogue excerpts at tempo, pitch or speed changes
+        inside 90 s of other music at 0 and 6 dB (dev corpus): 27 -> 34 found (36
+        transformed: 21 -> 28), 12 and 14 per second 33 and 32; ``fp bench``
+        ``embed_tempo_+10_6db``: game soundtracks 36 -> 43 of 60, electronic catalogue 29 ->
+        31 of 40; no bench query lost, no negative matched. Cost: it runs on negatives and
+        on long files with a short use; +20 % CPU on those 90-s queries, +14 % on the scan
+        bench's 40 files, +6 % mean CPU on the game bench's queries (p50 17.01 against 17.29
+        ms without: its lines are two jobs, one per voting thread), +10 % on the electronic
+        catalogue's (a third of them negatives or 30-s queries). The tempo-and-key plane is
+        not voted again (it would double that). 0 disables.
     dense_coarse_max_explained : float
         The second round runs while the segments of the matches found (significance
         ``min_significance`` or more) cover less than this share of the query.
