@@ -1068,9 +1068,9 @@ def _coarse_contenders(coarse_cands: np.ndarray, coarse_visits: np.ndarray, n_h:
                        total_frames: float, offset_bin_frames: int, mcfg: MatchConfig,
                        exclude: np.ndarray, n_keep: int) -> np.ndarray:
     """Hypotheses (sorted grid indices) the fine stage votes with every landmark: the
-    ``n_keep`` whose best coarse cell that identity does not explain is
-    strongest, among those whose cell is itself unlikely by chance (the pre-filter's
-    model on the coarse landmarks' visits).  Identity and ``exclude`` never are."""
+    ``n_keep`` whose best coarse cell that identity does not explain is strongest, among
+    those whose cell is itself unlikely by chance (the pre-filter's model on the coarse
+    landmarks' visits).  Identity and ``exclude`` never are."""
     best = _unexplained_best(coarse_cands, n_h)
     best[0] = 0   # identity is voted with every landmark anyway
     best[exclude] = 0
@@ -1143,7 +1143,8 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         identity = _VotePass(query, np.zeros(1, np.int64), min_score, mcfg.probe_margin,
                              mcfg.stop_key_ratio)
         (cands, visits_total), *coarse_out = _vote_passes(
-            [identity] + coarse_passes(coarse, (~region, region)), hyp_s, hyp_p, segments, n_threads, mcfg)
+            [identity] + coarse_passes(coarse, (~region, region)), hyp_s, hyp_p, segments,
+            n_threads, mcfg)
         ranked = _coarse_contenders(np.concatenate([c for c, _ in coarse_out]),
                                     sum(v for _, v in coarse_out), n_h, total_frames, W, mcfg,
                                     ranked, mcfg.refine_hypotheses)
