@@ -136,6 +136,9 @@ class Transform:
         :attr:`TransformOutput.transform` holds the actual offset in seconds.
     description : str
         One line for reports.
+    bed_seconds : float
+        For embedding transforms, the length of the other audio the excerpt is placed
+        in: the query's length.
     """
 
     name: str
@@ -146,6 +149,7 @@ class Transform:
     pitch_semitones: float = 0.0
     embed_offset: float | None = None
     description: str = ""
+    bed_seconds: float = 30.0
 
     @property
     def embeds(self) -> bool:
@@ -1162,6 +1166,10 @@ def _register_extended() -> None:
     add("embed_tempo_+10_6db", "embed", _t_chain(_t_tempo(1.1), _t_embed(30.0, 6.0)),
         "5 s excerpt at tempo +10 % in 30 s of other music, 6 dB over it", seconds=5.5,
         speed=1.1, embed_offset=math.nan)
+    add("embed_pitch_-2_8s_in_90s", "embed", _t_chain(_t_pitch(-2.0), _t_embed(90.0, 0.0)),
+        "8 s excerpt at pitch -2 semitones in 90 s of other music as loud (a sample inside "
+        "a longer song)", seconds=8.0, pitch_semitones=-2.0, embed_offset=math.nan,
+        bed_seconds=90.0)
 
 
 _register_extended()
