@@ -1064,14 +1064,16 @@ def refine_candidate(query: QueryLandmarks, seg: SegmentView, si: int, track: in
                      ref_frames=ref_f, q_end_frames=x + query.dt[q_idx])
 
 
-def _coarse_contenders(coarse_cands: np.ndarray, coarse_visits: np.ndarray, n_h: int,
+def _coarse_contenders(coarse_out: list[tuple[np.ndarray, np.ndarray]], n_h: int,
                        total_frames: float, offset_bin_frames: int, mcfg: MatchConfig,
                        exclude: np.ndarray, n_keep: int) -> np.ndarray:
     """Hypotheses (sorted grid indices) the fine stage votes with every landmark: the
     ``n_keep`` whose best coarse cell that identity does not explain is strongest, among
     those whose cell is itself unlikely by chance (the pre-filter's model on the coarse
-    landmarks' visits).  Identity and ``exclude`` never are."""
-    best = _unexplained_best(coarse_cands, n_h)
+    landmarks' visits).  Identity and ``exclude`` never are.  ``coarse_out`` holds the
+    coarse passes' ``(cells, visits)``."""
+    coarse_visits = sum(v for _, v in coarse_out)
+    best = _unexplained_best(np.concatenate([c for c, _ in coarse_out]), n_h)
     best[0] = 0   # identity is voted with every landmark anyway
     best[exclude] = 0
     for h in np.flatnonzero(best).tolist():
@@ -1145,9 +1147,8 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         (cands, visits_total), *coarse_out = _vote_passes(
             [identity] + coarse_passes(coarse, (~region, region)), hyp_s, hyp_p, segments,
             n_threads, mcfg)
-        ranked = _coarse_contenders(np.concatenate([c for c, _ in coarse_out]),
-                                    sum(v for _, v in coarse_out), n_h, total_frames, W, mcfg,
-                                    ranked, mcfg.refine_hypotheses)
+        ranked = _coarse_contenders(coarse_out, n_h, total_frames, W, mcfg, ranked,
+                                    mcfg.refine_hypotheses)
         if ranked.size:
             t_cands, t_visits = fine_vote(ranked)
             cands, visits_total = np.concatenate([cands, t_cands]), visits_total + t_visits
@@ -1235,9 +1236,8 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         halves = tuple(np.isin(np.arange(n_h), lines[k::2]) for k in (0, 1))
         dense_out = _vote_passes(coarse_passes(dense_coarse(), halves), hyp_s, hyp_p, segments,
                                  n_threads, mcfg)
-        more = _coarse_contenders(np.concatenate([c for c, _ in dense_out]),
-                                  sum(v for _, v in dense_out), n_h, total_frames, W, mcfg,
-                                  ranked, mcfg.dense_refine_hypotheses)
+        more = _coarse_contenders(dense_out, n_h, total_frames, W, mcfg, ranked,
+                                  mcfg.dense_refine_hypotheses)
         if more.size:
             t_cands, t_visits = fine_vote(more)
             visits_total = visits_total + t_visits
