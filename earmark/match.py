@@ -1125,11 +1125,12 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     # The lines and the tempo-and-key region are separate jobs for the voting threads
     # (the region is as large as the lines: one pass would split unevenly).
     region = tempo_key_region(hyp_s, hyp_p)
+    lines, plane = np.flatnonzero(~region), np.flatnonzero(region)
 
     def coarse_passes(q: QueryLandmarks, parts: tuple[np.ndarray, ...]) -> list[_VotePass]:
-        return [_VotePass(q, np.flatnonzero(part), mcfg.coarse_min_score,
-                          mcfg.coarse_probe_margin, mcfg.coarse_stop_key_ratio)
-                for part in parts if part.any()]
+        """One coarse pass per non-empty array of grid indices."""
+        return [_VotePass(q, part, mcfg.coarse_min_score, mcfg.coarse_probe_margin,
+                          mcfg.coarse_stop_key_ratio) for part in parts if part.size]
 
     def fine_vote(hyps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         (c, v), = _vote_passes([_VotePass(query, hyps, min_score, mcfg.probe_margin,
@@ -1145,7 +1146,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         identity = _VotePass(query, np.zeros(1, np.int64), min_score, mcfg.probe_margin,
                              mcfg.stop_key_ratio)
         (cands, visits_total), *coarse_out = _vote_passes(
-            [identity] + coarse_passes(coarse, (~region, region)), hyp_s, hyp_p, segments,
+            [identity] + coarse_passes(coarse, (lines, plane)), hyp_s, hyp_p, segments,
             n_threads, mcfg)
         ranked = _coarse_contenders(coarse_out, n_h, total_frames, W, mcfg, ranked,
                                     mcfg.refine_hypotheses)
@@ -1232,10 +1233,8 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             found, query.duration / fcfg.frame_seconds,
             mcfg.min_significance) < mcfg.dense_coarse_max_explained:
         # The lines alone, as two jobs of every other hypothesis (one each for two threads).
-        lines = np.flatnonzero(~region)
-        halves = tuple(np.isin(np.arange(n_h), lines[k::2]) for k in (0, 1))
-        dense_out = _vote_passes(coarse_passes(dense_coarse(), halves), hyp_s, hyp_p, segments,
-                                 n_threads, mcfg)
+        dense_out = _vote_passes(coarse_passes(dense_coarse(), (lines[0::2], lines[1::2])),
+                                 hyp_s, hyp_p, segments, n_threads, mcfg)
         more = _coarse_contenders(dense_out, n_h, total_frames, W, mcfg, ranked,
                                   mcfg.dense_refine_hypotheses)
         if more.size:
