@@ -136,8 +136,9 @@ VERIFY_MAX_REFINE = 4
 #: Most candidates at identity that miss that pre-filter refined per query, for the
 #: coherence test alone (``MatchConfig.coherence_min_significance``).
 COHERENCE_MAX_REFINE = 4
-#: Alignments of one track refined per query (a track used several times in one query,
-#: or repeated sections of the reference that align with the same query segment).
+#: Alignments of one track refined per round of the search (a track used several times
+#: in one query, or repeated sections of the reference that align with the same query
+#: segment; the evidence found counts as one more).
 MAX_ALIGNMENTS_PER_TRACK = 4
 #: A repeated section: another alignment of the same recording with the same query
 #: segment, at least this fraction of the kept one's landmarks, is kept beside it as a
@@ -613,8 +614,10 @@ def hypothesis_grid(cfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
     >>> len(s)
     1
     >>> s, p = hypothesis_grid(MatchConfig())
-    >>> int(tempo_key_region(s, p).sum())           # tempo +-10 % x key +-3 st, off the lines
+    >>> int(tempo_key_region(s, p, 3.0).sum())      # tempo +-10 % x key +-3 st, off the lines
     132
+    >>> int(tempo_key_region(s, p).sum())           # and its ring out to key +-6 st
+    276
     """
     hyps = [(1.0, 0.0)]
     step = math.log1p(cfg.speed_step)
@@ -629,12 +632,16 @@ def hypothesis_grid(cfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
         n = int(math.floor(cfg.max_pitch_semitones / cfg.pitch_step_semitones + 1e-9))
         hyps += [(1.0, k * cfg.pitch_step_semitones) for k in range(-n, n + 1) if k != 0]
     if cfg.search_tempo_key:
-        n = int(math.floor(cfg.tempo_key_max_semitones / cfg.pitch_step_semitones + 1e-9))
-        pitches = [k * cfg.pitch_step_semitones for k in range(-n, n + 1) if k != 0]
-        for s in scales:
-            if abs(math.log(s)) > math.log1p(cfg.tempo_key_max_change) + 1e-9:
-                continue
-            hyps += [(s, p) for p in pitches
+        # The region, then its wider ring (second round only), so that grid indices of
+        # the first round do not depend on the ring.
+        tempo_scales = [s for s in scales
+                        if abs(math.log(s)) <= math.log1p(cfg.tempo_key_max_change) + 1e-9]
+        for lo, hi in ((0.0, cfg.tempo_key_max_semitones),
+                       (cfg.tempo_key_max_semitones, cfg.wide_tempo_key_max_semitones)):
+            n_lo, n_hi = (int(math.floor(x / cfg.pitch_step_semitones + 1e-9)) for x in (lo, hi))
+            pitches = [k * cfg.pitch_step_semitones for k in range(-n_hi, n_hi + 1)
+                       if abs(k) > n_lo]
+            hyps += [(s, p) for s in tempo_scales for p in pitches
                      if abs(p - 12.0 * math.log2(s)) >= 0.5 * cfg.pitch_step_semitones]
     arr = np.asarray(hyps, dtype=np.float64)
     speeds, shifts = arr[:, 0].copy(), arr[:, 1].copy()
@@ -642,15 +649,20 @@ def hypothesis_grid(cfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
     return speeds, shifts
 
 
-def tempo_key_region(hyp_s: np.ndarray, hyp_p: np.ndarray) -> np.ndarray:
+def tempo_key_region(hyp_s: np.ndarray, hyp_p: np.ndarray,
+                     max_semitones: float = math.inf) -> np.ndarray:
     """Mask of the hypotheses on none of the speed, tempo and pitch lines: the region
-    where tempo and key changed independently (``MatchConfig.search_tempo_key``).
+    where tempo and key changed independently (``MatchConfig.search_tempo_key``), key
+    within ``max_semitones``.
 
-    >>> tempo_key_region(np.array([1.0, 1.06, 1.06, 1.06, 1.0]),
-    ...                  np.array([0.0, 0.0, 12 * np.log2(1.06), -2.0, 3.0])).tolist()
-    [False, False, False, True, False]
+    >>> s, p = np.array([1.0, 1.06, 1.06, 1.06, 1.0, 0.95]), np.array([0.0, 0.0, 12 * np.log2(1.06), -2.0, 3.0, 5.0])
+    >>> tempo_key_region(s, p).tolist()
+    [False, False, False, True, False, True]
+    >>> tempo_key_region(s, p, 3.0).tolist()
+    [False, False, False, True, False, False]
     """
-    return (hyp_s != 1.0) & (hyp_p != 0.0) & (np.abs(hyp_p - 12.0 * np.log2(hyp_s)) > 1e-9)
+    return (hyp_s != 1.0) & (hyp_p != 0.0) & (np.abs(hyp_p - 12.0 * np.log2(hyp_s)) > 1e-9) \
+        & (np.abs(hyp_p) <= max_semitones + 1e-9)
 
 
 def key_order(f1_bin: np.ndarray, df: np.ndarray, dt: np.ndarray) -> np.ndarray:
@@ -1124,8 +1136,9 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         and n_h > 1 + mcfg.refine_hypotheses
     # The lines and the tempo-and-key region are separate jobs for the voting threads
     # (the region is as large as the lines: one pass would split unevenly).
-    region = tempo_key_region(hyp_s, hyp_p)
-    lines, plane = np.flatnonzero(~region), np.flatnonzero(region)
+    region = tempo_key_region(hyp_s, hyp_p, mcfg.tempo_key_max_semitones)
+    ring = tempo_key_region(hyp_s, hyp_p) & ~region     # the second round's wider keys
+    lines, plane = np.flatnonzero(~region & ~ring), np.flatnonzero(region)
 
     def coarse_passes(q: QueryLandmarks, parts: tuple[np.ndarray, ...]) -> list[_VotePass]:
         """One coarse pass per non-empty array of grid indices."""
@@ -1162,8 +1175,9 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     grid_pairs: dict[tuple[int, int, int], tuple] = {}
     refined = [0, 0, 0]
 
-    def refine_round(cands: np.ndarray) -> None:
-        """Refine the strongest of ``cands`` into ``found`` (shared budgets and attempts)."""
+    def refine_round(cands: np.ndarray, audio_checks: bool = True) -> None:
+        """Refine the strongest of ``cands`` into ``found`` (shared budgets and attempts);
+        without ``audio_checks``, only evidence significant on its landmarks."""
         if cands.shape[0] == 0:
             return
         # Strongest first; ties broken deterministically (hypothesis, track, offset, segment).
@@ -1199,8 +1213,10 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             VERIFY_PREFILTER_FRACTION * mcfg.coherence_min_significance)) \
             if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
         candidates = [(row, 0) for row in top[strong].tolist()]
-        candidates += [(row, 1) for row in top[weak].tolist()]
-        candidates += [(row, 2) for row in top[coherent].tolist()]
+        if audio_checks:
+            candidates += [(row, 1) for row in top[weak].tolist()]
+            candidates += [(row, 2) for row in top[coherent].tolist()]
+        earlier_rounds = {t: len(v) for t, v in attempts.items()}
         for (score0, h, track, off_bin, si), tier in candidates:
             if refined[tier] >= budget[tier]:
                 continue
@@ -1209,9 +1225,12 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             s = float(hyp_s[h])
             b0 = (off_bin + 1.0) * W
             # Already tried: the same track on a nearby line (the same alignment shows up
-            # in neighbouring hypotheses and bins), or enough alignments of this track.
+            # in neighbouring hypotheses and bins), or enough alignments of this track in
+            # this round (a later round searches other transforms: chance alignments of the
+            # recording under the lines must not use up its quota for the ring's; 4 of 60
+            # tempo -10 % key +5 excerpts were lost so).
             tried = attempts.setdefault(track, [])
-            if len(tried) >= MAX_ALIGNMENTS_PER_TRACK or any(
+            if len(tried) - earlier_rounds.get(track, 0) >= MAX_ALIGNMENTS_PER_TRACK or any(
                     abs(tb - b0) < 3 * W and abs(ts / s - 1) < 0.03 for tb, ts in tried):
                 continue
             tried.append((b0, s))
@@ -1220,7 +1239,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             least = coherence_min_score if (tier >= 1 and h == 0) else min_score
             e = refine_candidate(query, segments[si], si, track, h, n_h, b0, least,
                                  grid_pairs, total_frames, track_frames, fcfg, mcfg)
-            if e is not None:
+            if e is not None and (audio_checks or e.significance >= mcfg.min_significance):
                 tried.append((e.line_b, e.speed))
                 found.append(e)
 
@@ -1229,19 +1248,34 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     # use may be one voice of a mix, whose peaks the other music pushed out of the
     # strongest few (module docstring).  The speed, tempo and pitch lines are voted again
     # with a denser coarse set, and transforms not already refined go to the fine stage.
-    if coarse_to_fine and dense_coarse is not None and explained_fraction(
-            found, query.duration / fcfg.frame_seconds,
-            mcfg.min_significance) < mcfg.dense_coarse_max_explained:
-        # The lines alone, as two jobs of every other hypothesis (one each for two threads).
-        dense_out = _vote_passes(coarse_passes(dense_coarse(), (lines[0::2], lines[1::2])),
-                                 hyp_s, hyp_p, segments, n_threads, mcfg)
-        more = _coarse_contenders(dense_out, n_h, total_frames, W, mcfg, ranked,
-                                  mcfg.dense_refine_hypotheses)
+    # Then, if nothing matches yet, the tempo-and-key ring beyond the first round's keys.
+    def second_round(q: QueryLandmarks, hyps: np.ndarray, n_keep: int,
+                     audio_checks: bool = True) -> None:
+        nonlocal cands, visits_total
+        # Two jobs of every other hypothesis (one each for two voting threads).
+        out = _vote_passes(coarse_passes(q, (hyps[0::2], hyps[1::2])), hyp_s, hyp_p,
+                           segments, n_threads, mcfg)
+        more = _coarse_contenders(out, n_h, total_frames, W, mcfg, ranked, n_keep)
         if more.size:
             t_cands, t_visits = fine_vote(more)
             visits_total = visits_total + t_visits
             cands = np.concatenate([cands, t_cands])
-            refine_round(t_cands)
+            refine_round(t_cands, audio_checks)
+
+    if coarse_to_fine and dense_coarse is not None and explained_fraction(
+            found, query.duration / fcfg.frame_seconds,
+            mcfg.min_significance) < mcfg.dense_coarse_max_explained:
+        second_round(dense_coarse(), lines, mcfg.dense_refine_hypotheses)
+        # The ring's chance cells, voted with every landmark, would join the background
+        # a match's contrast is judged against (a pitch-shifted use under other music,
+        # found by the lines, lost its contrast to one): only where nothing matched.
+        # Its evidence must be significant on the landmarks alone: with twice the
+        # tempo-and-key plane, same-style songs found more transforms where they are
+        # near-copies, and one passed the audio check (correlation 0.81, the tests'
+        # synthetic generator).
+        if ring.any() and not any(e.significance >= mcfg.min_significance for e in found):
+            second_round(coarse, np.flatnonzero(ring), mcfg.wide_refine_hypotheses,
+                         audio_checks=False)
     if not found:
         return []
     # Contrast is against recordings that reach a match's floor, whatever else is kept.

@@ -154,6 +154,16 @@ class MatchConfig:
         ``speed_step`` x ``pitch_step_semitones`` (132 hypotheses more, ~1.9x the coarse
         stage's look-ups).  Larger changes of both at once cost area: the look-ups grow
         with the product of the two ranges.
+    wide_tempo_key_max_semitones, wide_refine_hypotheses : float, int
+        Where the second coarse round runs and still nothing matches, the ring of the
+        tempo-and-key plane beyond ``tempo_key_max_semitones`` out to key +-6 semitones
+        (144 hypotheses more; with tempo_key_max_change, every key a producer would pick
+        by the shorter way round) is voted with the first round's coarse landmarks, and
+        its ``wide_refine_hypotheses`` strongest transforms with every landmark.  Its
+        evidence must be significant on its landmarks alone (no audio check): songs of
+        one style are near-copies under more transforms the wider the plane.  Measured
+        (figures in the module docstring of :mod:`earmark.match`).  Setting it to
+        ``tempo_key_max_semitones`` disables it.
     offset_bin_frames : int
         Width of offset-vote bins (4 x 16 ms = 64 ms); neighbouring bins are summed, so
         the alignment may drift by +-1 bin over the matched segment.
@@ -401,6 +411,8 @@ class MatchConfig:
     search_tempo_key: bool = True
     tempo_key_max_change: float = 0.1
     tempo_key_max_semitones: float = 3.0
+    wide_tempo_key_max_semitones: float = 6.0
+    wide_refine_hypotheses: int = 2
     offset_bin_frames: int = 4
     probe_margin: float = 0.2
     min_score: int = 10

@@ -239,7 +239,8 @@ def test_second_coarse_round_finds_a_transformed_use_under_other_music(
 def test_second_coarse_round_only_where_the_query_is_unexplained(catalogue, index,
                                                                  monkeypatch):
     """A query whose matches cover most of it votes the grid once; one that matches
-    nothing votes it twice."""
+    nothing votes it three times: the first round, the lines again with more landmarks,
+    then the tempo-and-key ring."""
     import earmark.match as match_mod
 
     real_vote_passes = match_mod._vote_passes
@@ -260,7 +261,7 @@ def test_second_coarse_round_only_where_the_query_is_unexplained(catalogue, inde
     coarse_rounds.clear()
     assert index.match_audio(catalogue.other_song(NON_CATALOGUE_SEEDS[0], 10.0), SR,
                              recording).matches == ()
-    assert len(coarse_rounds) == 2
+    assert len(coarse_rounds) == 3
 
 
 @pytest.mark.parametrize("semitones", [2.0, -2.0])
@@ -296,6 +297,40 @@ def test_tempo_and_key_changed_together(catalogue, index, factor, semitones):
     lines_only = index.match_audio(q, SR, MATCH_PRESETS["default"].with_(search_tempo_key=False))
     assert not [m for m in lines_only.matches
                 if track_of(m) == name and abs(alignment_offset(m) - start) < 0.5]
+
+
+@pytest.mark.parametrize("factor, semitones", [(0.92, 5.0), (1.08, -4.5)])
+def test_tempo_and_key_beyond_the_first_round_region(catalogue, index, monkeypatch,
+                                                     factor, semitones):
+    """A key change beyond the first round's +-3 semitones, with the tempo changed too:
+    the query is unexplained after the first round, whose grid does not reach it, and the
+    second round's ring of the tempo-and-key plane (key out to +-6) finds it, with both
+    estimates.  Without the ring (``wide_tempo_key_max_semitones`` = the first round's) it
+    is not found at its place."""
+    import earmark.match as match_mod
+
+    name = "track07.flac"
+    y, start = catalogue.excerpt(name, 10.0, 8.0)
+    q = pedalboard.time_stretch(y[None, :], SR, stretch_factor=factor,
+                                pitch_shift_in_semitones=semitones)[0].astype(np.float32)
+    recording = MATCH_PRESETS["recording"]
+    no_ring = index.match_audio(q, SR, recording.with_(
+        wide_tempo_key_max_semitones=recording.tempo_key_max_semitones))
+    assert not [m for m in no_ring.matches
+                if track_of(m) == name and abs(alignment_offset(m) - start) < 0.5]
+
+    real_vote_passes = match_mod._vote_passes
+    ring_votes: list[bool] = []     # per call: does a pass vote a hypothesis of the ring?
+
+    def recording_passes(passes, hyp_s, hyp_p, *args, **kwargs):
+        ring = match_mod.tempo_key_region(hyp_s, hyp_p) & ~match_mod.tempo_key_region(
+            hyp_s, hyp_p, recording.tempo_key_max_semitones)
+        ring_votes.append(any(ring[vp.hyp_index].any() for vp in passes))
+        return real_vote_passes(passes, hyp_s, hyp_p, *args, **kwargs)
+
+    monkeypatch.setattr(match_mod, "_vote_passes", recording_passes)
+    check_top(index.match_audio(q, SR, recording), name, start, speed=factor, pitch=semitones)
+    assert not ring_votes[0] and any(ring_votes[1:])    # the second round's, not the first's
 
 
 @pytest.mark.parametrize("name", ["track02.wav", "track05.wav", "track08.ogg"])
