@@ -1175,9 +1175,10 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     grid_pairs: dict[tuple[int, int, int], tuple] = {}
     refined = [0, 0, 0]
 
-    def refine_round(cands: np.ndarray, audio_checks: bool = True) -> None:
+    def refine_round(cands: np.ndarray, landmarks_alone: float | None = None) -> None:
         """Refine the strongest of ``cands`` into ``found`` (shared budgets and attempts);
-        without ``audio_checks``, only evidence significant on its landmarks."""
+        with ``landmarks_alone``, only evidence at least that significant on its
+        landmarks (no candidate for the audio checks)."""
         if cands.shape[0] == 0:
             return
         # Strongest first; ties broken deterministically (hypothesis, track, offset, segment).
@@ -1213,7 +1214,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             VERIFY_PREFILTER_FRACTION * mcfg.coherence_min_significance)) \
             if mcfg.verifies else np.zeros(top.shape[0], dtype=bool)
         candidates = [(row, 0) for row in top[strong].tolist()]
-        if audio_checks:
+        if landmarks_alone is None:
             candidates += [(row, 1) for row in top[weak].tolist()]
             candidates += [(row, 2) for row in top[coherent].tolist()]
         earlier_rounds = {t: len(v) for t, v in attempts.items()}
@@ -1239,7 +1240,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             least = coherence_min_score if (tier >= 1 and h == 0) else min_score
             e = refine_candidate(query, segments[si], si, track, h, n_h, b0, least,
                                  grid_pairs, total_frames, track_frames, fcfg, mcfg)
-            if e is not None and (audio_checks or e.significance >= mcfg.min_significance):
+            if e is not None and (landmarks_alone is None or e.significance >= landmarks_alone):
                 tried.append((e.line_b, e.speed))
                 found.append(e)
 
@@ -1250,7 +1251,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     # with a denser coarse set, and transforms not already refined go to the fine stage.
     # Then, if nothing matches yet, the tempo-and-key ring beyond the first round's keys.
     def second_round(q: QueryLandmarks, hyps: np.ndarray, n_keep: int,
-                     audio_checks: bool = True) -> None:
+                     landmarks_alone: float | None = None) -> None:
         nonlocal cands, visits_total
         # Two jobs of every other hypothesis (one each for two voting threads).
         out = _vote_passes(coarse_passes(q, (hyps[0::2], hyps[1::2])), hyp_s, hyp_p,
@@ -1260,7 +1261,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             t_cands, t_visits = fine_vote(more)
             visits_total = visits_total + t_visits
             cands = np.concatenate([cands, t_cands])
-            refine_round(t_cands, audio_checks)
+            refine_round(t_cands, landmarks_alone)
 
     if coarse_to_fine and dense_coarse is not None and explained_fraction(
             found, query.duration / fcfg.frame_seconds,
@@ -1269,13 +1270,12 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         # The ring's chance cells, voted with every landmark, would join the background
         # a match's contrast is judged against (a pitch-shifted use under other music,
         # found by the lines, lost its contrast to one): only where nothing matched.
-        # Its evidence must be significant on the landmarks alone: with twice the
-        # tempo-and-key plane, same-style songs found more transforms where they are
-        # near-copies, and one passed the audio check (correlation 0.81, the tests'
-        # synthetic generator).
+        # Its evidence must be significant on the landmarks alone, at a higher bar
+        # (MatchConfig.wide_min_significance): with twice the tempo-and-key plane, songs
+        # of one style find more transforms where they are near-copies.
         if ring.any() and not any(e.significance >= mcfg.min_significance for e in found):
             second_round(coarse, np.flatnonzero(ring), mcfg.wide_refine_hypotheses,
-                         audio_checks=False)
+                         landmarks_alone=max(mcfg.wide_min_significance, mcfg.min_significance))
     if not found:
         return []
     # Contrast is against recordings that reach a match's floor, whatever else is kept.
@@ -1421,6 +1421,11 @@ def _set_contrasts(found: list[_Evidence], track_best: dict[int, int], floor: fl
     one style the contrast is for.  Contrast is the recording's, not the seed
     candidate's: a weak seed refined onto the same alignment as a strong one must not
     carry a weaker contrast into the overlap suppression that keeps only one of them.
+    The recording's strength is its best cell or its refined evidence, whichever is
+    larger: a transform between grid points (tempo 0.95 with key +4, found from the
+    pitch line's 1.0 / +4) spreads its votes over many offset bins, and its best cell
+    held 10 votes where the line fit aligned 50 landmarks (significance 80), a contrast
+    of 1.4 against the floor alone.  Chance cells refine to fewer landmarks, not more.
     """
     significant = [e for e in found if e.significance >= min_significance]
     for e in found:
@@ -1430,8 +1435,8 @@ def _set_contrasts(found: list[_Evidence], track_best: dict[int, int], floor: fl
             if k.track != e.track:
                 (here if _same_place(k, e) else elsewhere).add(k.track)
         background = {t: v for t, v in track_best.items() if t in here or t not in elsewhere}
-        e.contrast = track_contrast(background, e.track, track_best.get(e.track, e.score),
-                                    floor=floor)
+        e.contrast = track_contrast(background, e.track,
+                                    max(track_best.get(e.track, 0), e.score), floor=floor)
 
 
 def _shared_anchors(a: _Evidence, b: _Evidence) -> float:

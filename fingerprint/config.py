@@ -413,6 +413,7 @@ class MatchConfig:
     tempo_key_max_semitones: float = 3.0
     wide_tempo_key_max_semitones: float = 6.0
     wide_refine_hypotheses: int = 2
+    wide_min_significance: float = 30.0
     offset_bin_frames: int = 4
     probe_margin: float = 0.2
     min_score: int = 10

@@ -306,11 +306,12 @@ def test_tempo_and_key_beyond_the_first_round_region(catalogue, index, monkeypat
     the query is unexplained after the first round, whose grid does not reach it, and the
     second round's ring of the tempo-and-key plane (key out to +-6) finds it, with both
     estimates.  Without the ring (``wide_tempo_key_max_semitones`` = the first round's) it
-    is not found at its place."""
+    is not found at its place; nor when the ring's bar of significance
+    (``wide_min_significance``) is above the evidence's."""
     import earmark.match as match_mod
 
     name = "track07.flac"
-    y, start = catalogue.excerpt(name, 10.0, 8.0)
+    y, start = catalogue.excerpt(name, 10.0, 10.0)
     q = pedalboard.time_stretch(y[None, :], SR, stretch_factor=factor,
                                 pitch_shift_in_semitones=semitones)[0].astype(np.float32)
     recording = MATCH_PRESETS["recording"]
@@ -329,8 +330,13 @@ def test_tempo_and_key_beyond_the_first_round_region(catalogue, index, monkeypat
         return real_vote_passes(passes, hyp_s, hyp_p, *args, **kwargs)
 
     monkeypatch.setattr(match_mod, "_vote_passes", recording_passes)
-    check_top(index.match_audio(q, SR, recording), name, start, speed=factor, pitch=semitones)
+    m = check_top(index.match_audio(q, SR, recording), name, start, speed=factor,
+                  pitch=semitones)
     assert not ring_votes[0] and any(ring_votes[1:])    # the second round's, not the first's
+    assert m.significance >= recording.wide_min_significance
+    strict = index.match_audio(q, SR, recording.with_(wide_min_significance=m.significance + 1.0))
+    assert not [x for x in strict.matches
+                if track_of(x) == name and abs(alignment_offset(x) - start) < 0.5]
 
 
 @pytest.mark.parametrize("name", ["track02.wav", "track05.wav", "track08.ogg"])
