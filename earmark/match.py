@@ -56,6 +56,19 @@ aligned 65 (significance 156).  So the speed, tempo and pitch lines are voted ag
 twice the peak density (``dense_coarse_peaks_per_second``), and the strongest transforms
 not voted yet go to the fine stage as before.  On 42 such excerpts 27 -> 34 were found.
 
+Where that round too finds nothing, the tempo-and-key plane is widened from key +-3 to
++-6 semitones (``wide_tempo_key_max_semitones``): a sample fitted to a new song's key
+by 4-6 semitones as well as its beat.  Searching the whole +-6 plane in the first round
+found 58 of 60 ``tempokey_-10_+5`` excerpts (none before) but cost every query ~11 %
+CPU and pushed the default / ``--fast`` latency ratio over its target; as a last
+round it costs only the queries nothing explains.  It runs after the lines' round, not
+beside it: its chance cells, voted with every landmark, joined the background a
+match's contrast is judged against and cost a pitch-shifted excerpt under other music
+its match.  Its evidence must be significant on its landmarks alone, at a higher bar
+(``wide_min_significance``), and each round has its own quota of alignments per
+recording (chance alignments of the right recording under the lines had used it up
+for 4 of the 60).
+
 The mix look
 ------------
 A recording used as it is under other music as loud (a sample under new vocals and

@@ -154,15 +154,25 @@ class MatchConfig:
         ``speed_step`` x ``pitch_step_semitones`` (132 hypotheses more, ~1.9x the coarse
         stage's look-ups).  Larger changes of both at once cost area: the look-ups grow
         with the product of the two ranges.
-    wide_tempo_key_max_semitones, wide_refine_hypotheses : float, int
-        Where the second coarse round runs and still nothing matches, the ring of the
-        tempo-and-key plane beyond ``tempo_key_max_semitones`` out to key +-6 semitones
-        (144 hypotheses more; with tempo_key_max_change, every key a producer would pick
-        by the shorter way round) is voted with the first round's coarse landmarks, and
-        its ``wide_refine_hypotheses`` strongest transforms with every landmark.  Its
-        evidence must be significant on its landmarks alone (no audio check): songs of
-        one style are near-copies under more transforms the wider the plane.  Measured
-        (figures in the module docstring of :mod:`earmark.match`).  Setting it to
+    wide_tempo_key_max_semitones, wide_refine_hypotheses, wide_min_significance : float, int, float
+        Where the second coarse round (below) runs and still nothing matches, the ring
+        of the tempo-and-key plane beyond ``tempo_key_max_semitones``, out to key +-6
+        semitones (144 hypotheses more; with tempo within ``tempo_key_max_change``, any
+        key a producer reaches by the shorter way round), is voted with the first round's
+        coarse landmarks, and its ``wide_refine_hypotheses`` strongest transforms with
+        every landmark.  Its evidence must reach ``wide_min_significance`` on its
+        landmarks alone (no audio check): songs of one style are near-copies under more
+        transforms the wider the plane, and songs of the tests' synthetic generator that
+        are not in the catalogue reached 25 and 28.5 there (2 of 20 60-s songs; one of
+        them through the audio check at correlation 0.81 before the check was left out),
+        while the ring's hits on real 10-s excerpts reach 35 or more.  Measured on the dev
+        corpus: ``tempokey_-10_+5`` (extended set) 0 -> 57 of 60; 30 clean 10-s excerpts
+        at tempo 1.06 / key -4.5, 0.92 / +6, 1.1 / -6 and 0.95 / +4: 3, 0, 0, 12 -> 29, 29,
+        25, 29 (with the contrast on refined evidence, :func:`earmark.match._set_contrasts`);
+        no bench query lost but one borderline ``pv_pitch_-3`` (the grid's larger
+        multiple-testing count); no negative matched.  Cost: it runs on queries nothing
+        explains (negatives, most of a scan): +9 % CPU on the bench's negatives, +4 % on
+        the scan bench's files.  Setting ``wide_tempo_key_max_semitones`` to
         ``tempo_key_max_semitones`` disables it.
     offset_bin_frames : int
         Width of offset-vote bins (4 x 16 ms = 64 ms); neighbouring bins are summed, so
