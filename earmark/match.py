@@ -668,7 +668,8 @@ def tempo_key_region(hyp_s: np.ndarray, hyp_p: np.ndarray,
     where tempo and key changed independently (``MatchConfig.search_tempo_key``), key
     within ``max_semitones``.
 
-    >>> s, p = np.array([1.0, 1.06, 1.06, 1.06, 1.0, 0.95]), np.array([0.0, 0.0, 12 * np.log2(1.06), -2.0, 3.0, 5.0])
+    >>> s = np.array([1.0, 1.06, 1.06, 1.06, 1.0, 0.95])
+    >>> p = np.array([0.0, 0.0, 12 * np.log2(1.06), -2.0, 3.0, 5.0])
     >>> tempo_key_region(s, p).tolist()
     [False, False, False, True, False, True]
     >>> tempo_key_region(s, p, 3.0).tolist()

@@ -171,7 +171,7 @@ class MatchConfig:
         25, 29 (with the contrast on refined evidence, :func:`earmark.match._set_contrasts`);
         no bench query lost but one borderline ``pv_pitch_-3`` (the grid's larger
         multiple-testing count); no negative matched.  Cost: it runs on queries nothing
-        explains (negatives, most of a scan): +9 % CPU on the bench's negatives, +4 % on
+        explains (negatives, most of a scan): +6-7 % CPU on the bench's negatives, +3 % on
         the scan bench's files.  Setting ``wide_tempo_key_max_semitones`` to
         ``tempo_key_max_semitones`` disables it.
     offset_bin_frames : int
