@@ -67,7 +67,10 @@ match's contrast is judged against and cost a pitch-shifted excerpt under other 
 its match.  Its evidence must be significant on its landmarks alone, at a higher bar
 (``wide_min_significance``), and each round has its own quota of alignments per
 recording (chance alignments of the right recording under the lines had used it up
-for 4 of the 60).
+for 4 of the 60).  The chance model counts the hypotheses of the first two rounds
+only: the ring's bar, ten orders of magnitude over a match's, covers its own 144
+(counting them everywhere lowered every transformed match's significance by 0.18 and
+cost a borderline ``pv_pitch_-3`` query).
 
 The mix look
 ------------
@@ -1091,19 +1094,19 @@ def refine_candidate(query: QueryLandmarks, seg: SegmentView, si: int, track: in
 
 
 def _coarse_contenders(coarse_out: list[tuple[np.ndarray, np.ndarray]], n_h: int,
-                       total_frames: float, offset_bin_frames: int, mcfg: MatchConfig,
-                       exclude: np.ndarray, n_keep: int) -> np.ndarray:
-    """Hypotheses (sorted grid indices) the fine stage votes with every landmark: the
-    ``n_keep`` whose best coarse cell that identity does not explain is strongest, among
-    those whose cell is itself unlikely by chance (the pre-filter's model on the coarse
-    landmarks' visits).  Identity and ``exclude`` never are.  ``coarse_out`` holds the
-    coarse passes' ``(cells, visits)``."""
+                       n_tests: int, total_frames: float, offset_bin_frames: int,
+                       mcfg: MatchConfig, exclude: np.ndarray, n_keep: int) -> np.ndarray:
+    """Hypotheses (sorted grid indices of the ``n_h``) the fine stage votes with every
+    landmark: the ``n_keep`` whose best coarse cell that identity does not explain is
+    strongest, among those whose cell is itself unlikely by chance (the pre-filter's model
+    on the coarse landmarks' visits, ``n_tests`` hypotheses counted).  Identity and
+    ``exclude`` never are.  ``coarse_out`` holds the coarse passes' ``(cells, visits)``."""
     coarse_visits = sum(v for _, v in coarse_out)
     best = _unexplained_best(np.concatenate([c for c, _ in coarse_out]), n_h)
     best[0] = 0   # identity is voted with every landmark anyway
     best[exclude] = 0
     for h in np.flatnonzero(best).tolist():
-        if best[h] < _cell_min_count(coarse_visits[h], h, n_h, total_frames, offset_bin_frames,
+        if best[h] < _cell_min_count(coarse_visits[h], h, n_tests, total_frames, offset_bin_frames,
                                      mcfg.coarse_min_significance, int(best[h]) + 1):
             best[h] = 0
     ranked = np.lexsort((np.arange(n_h), -best))
@@ -1153,6 +1156,10 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     region = tempo_key_region(hyp_s, hyp_p, mcfg.tempo_key_max_semitones)
     ring = tempo_key_region(hyp_s, hyp_p) & ~region     # the second round's wider keys
     lines, plane = np.flatnonzero(~region & ~ring), np.flatnonzero(region)
+    # Significance counts the hypotheses of the first two rounds: the ring is voted only
+    # where they found nothing, and its evidence must reach wide_min_significance, ten
+    # orders of magnitude over min_significance where its own count is a factor of 1.5.
+    n_tests = n_h - int(ring.sum()) if coarse_to_fine else n_h
 
     def coarse_passes(q: QueryLandmarks, parts: tuple[np.ndarray, ...]) -> list[_VotePass]:
         """One coarse pass per non-empty array of grid indices."""
@@ -1175,7 +1182,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         (cands, visits_total), *coarse_out = _vote_passes(
             [identity] + coarse_passes(coarse, (lines, plane)), hyp_s, hyp_p, segments,
             n_threads, mcfg)
-        ranked = _coarse_contenders(coarse_out, n_h, total_frames, W, mcfg, ranked,
+        ranked = _coarse_contenders(coarse_out, n_h, n_tests, total_frames, W, mcfg, ranked,
                                     mcfg.refine_hypotheses)
         if ranked.size:
             t_cands, t_visits = fine_vote(ranked)
@@ -1204,7 +1211,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         # The chance rate depends on the hypothesis only, so each hypothesis gets a minimum
         # vote count (significance grows with the count).
         def passes_prefilter(significance: float) -> np.ndarray:
-            min_count = {h: _cell_min_count(visits_total[h], h, n_h, total_frames, W,
+            min_count = {h: _cell_min_count(visits_total[h], h, n_tests, total_frames, W,
                                             significance, int(top[:, 0].max()) + 1)
                          for h in np.unique(top[:, 1]).tolist()}
             return top[:, 0] >= np.array([min_count[h] for h in top[:, 1].tolist()],
@@ -1252,7 +1259,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             refined[tier] += 1
             # At identity the coherence test can take a candidate with fewer landmarks.
             least = coherence_min_score if (tier >= 1 and h == 0) else min_score
-            e = refine_candidate(query, segments[si], si, track, h, n_h, b0, least,
+            e = refine_candidate(query, segments[si], si, track, h, n_tests, b0, least,
                                  grid_pairs, total_frames, track_frames, fcfg, mcfg)
             if e is not None and (landmarks_alone is None or e.significance >= landmarks_alone):
                 tried.append((e.line_b, e.speed))
@@ -1270,7 +1277,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         # Two jobs of every other hypothesis (one each for two voting threads).
         out = _vote_passes(coarse_passes(q, (hyps[0::2], hyps[1::2])), hyp_s, hyp_p,
                            segments, n_threads, mcfg)
-        more = _coarse_contenders(out, n_h, total_frames, W, mcfg, ranked, n_keep)
+        more = _coarse_contenders(out, n_h, n_tests, total_frames, W, mcfg, ranked, n_keep)
         if more.size:
             t_cands, t_visits = fine_vote(more)
             visits_total = visits_total + t_visits

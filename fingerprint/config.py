@@ -169,11 +169,11 @@ class MatchConfig:
         corpus: ``tempokey_-10_+5`` (extended set) 0 -> 57 of 60; 30 clean 10-s excerpts
         at tempo 1.06 / key -4.5, 0.92 / +6, 1.1 / -6 and 0.95 / +4: 3, 0, 0, 12 -> 29, 29,
         25, 29 (with the contrast on refined evidence, :func:`earmark.match._set_contrasts`);
-        no bench query lost but one borderline ``pv_pitch_-3`` (the grid's larger
-        multiple-testing count); no negative matched.  Cost: it runs on queries nothing
-        explains (negatives, most of a scan): +6-7 % CPU on the bench's negatives, +3 % on
-        the scan bench's files.  Setting ``wide_tempo_key_max_semitones`` to
-        ``tempo_key_max_semitones`` disables it.
+        no bench query lost (significance counts the first two rounds' hypotheses: counting
+        the ring's too cost a borderline ``pv_pitch_-3`` query); no negative matched.  Cost:
+        it runs on queries nothing explains (negatives, most of a scan): +5-8 % CPU on the
+        bench's negatives, +3 % on the scan bench's files.  Setting
+        ``wide_tempo_key_max_semitones`` to ``tempo_key_max_semitones`` disables it.
     offset_bin_frames : int
         Width of offset-vote bins (4 x 16 ms = 64 ms); neighbouring bins are summed, so
         the alignment may drift by +-1 bin over the matched segment.
