@@ -1019,13 +1019,13 @@ def _unexplained_best(coarse_cands: np.ndarray, n_h: int) -> np.ndarray:
 
 
 def refine_candidate(query: QueryLandmarks, seg: SegmentView, si: int, track: int, h: int,
-                     n_h: int, b0: float, least: int, grid_pairs: dict,
+                     n_tests: int, b0: float, least: int, grid_pairs: dict,
                      total_frames: float, track_frames: dict[int, float],
                      fcfg: FingerprintConfig, mcfg: MatchConfig,
                      final_look_up: bool = True) -> "_Evidence | None":
     """Evidence of one candidate: ``track`` aligned near ``ref = b0 + s * query`` under grid
     hypothesis ``h``, refined to its own line and transform (``None`` under ``least``
-    landmarks).  Without ``final_look_up`` the evidence is the pairs found under the grid
+    landmarks); its significance counts ``n_tests`` hypotheses (:func:`hypothesis_tests`).  Without ``final_look_up`` the evidence is the pairs found under the grid
     hypothesis near the fitted line (the mix look's candidates, which only the audio
     decides).
 
@@ -1087,7 +1087,7 @@ def refine_candidate(query: QueryLandmarks, seg: SegmentView, si: int, track: in
     x = query.time[q_idx]
     significance = _significance(score, chance_pairs, float(x.max() - x.min()) + max_gap_frames,
                                  query_frames, track_frames.get(track, total_frames),
-                                 total_frames, tol_final, float(hypothesis_tests(n_h, h)))
+                                 total_frames, tol_final, float(hypothesis_tests(n_tests, h)))
     return _Evidence(track=track, segment=si, score=score, significance=significance,
                      speed=slope, pitch=pitch, line_b=b, q_frames=x,
                      ref_frames=ref_f, q_end_frames=x + query.dt[q_idx])
