@@ -147,7 +147,7 @@ def _dots_label(match: dict[str, Any], n_points: int) -> str:
 MAX_PLOT_DOTS = 300
 
 
-def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) -> str:
+def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 284) -> str:
     """Inline SVG: query time (x) against reference time (y) of the matched landmarks, with
     the fitted line (slope = speed factor) over the matched segment."""
     try:
@@ -169,7 +169,7 @@ def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) ->
         y0, y1 = y0 - 0.5, y1 + 0.5
     padx, pady = 0.04 * (x1 - x0), 0.04 * (y1 - y0)
     x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
-    ml, mr, mt, mb = 58, 14, 26, 42
+    ml, mr, mt, mb = 58, 14, 40, 42   # mt: two legend lines over the plot
     pw, ph = width - ml - mr, height - mt - mb
 
     def X(v):  # seconds -> pixels (a float or an array)
@@ -213,9 +213,11 @@ def alignment_svg(match: dict[str, Any], width: int = 420, height: int = 270) ->
                    f'stroke-linecap="round" fill="none"/>')
     out.append(f'<line x1="{X(line[0][0]):.1f}" y1="{Y(line[0][1]):.1f}" x2="{X(line[1][0]):.1f}" '
                f'y2="{Y(line[1][1]):.1f}" stroke="#cf222e" stroke-width="1.4" stroke-dasharray="6 3"/>')
-    out.append(f'<text x="{ml + 6}" y="{mt - 9}" font-size="11" fill="#24292f">'
-               f'<tspan fill="#1f6feb">●</tspan> {_dots_label(match, len(pts))}   '
-               f'<tspan fill="#cf222e">- -</tspan> fit: slope {speed:.3f} = speed</text>')
+    # The legend on two lines: on one, a long label ran past the plot's width.
+    out.append(f'<text x="{ml + 6}" y="{mt - 22}" font-size="11" fill="#24292f">'
+               f'<tspan fill="#1f6feb">●</tspan> {_dots_label(match, len(pts))}</text>'
+               f'<text x="{ml + 6}" y="{mt - 8}" font-size="11" fill="#24292f">'
+               f'<tspan fill="#cf222e">- -</tspan> fit: slope {speed:.3f} = speed factor</text>')
     out.append("</svg>")
     return "".join(out)
 

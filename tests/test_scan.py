@@ -679,6 +679,14 @@ def test_alignment_points_are_distinct_and_plots_stay_small_and_safe():
     xs = [float(x) for x, _ in dots]
     assert xs == sorted(xs)                                  # in query order along the line
     assert "900 matched landmarks" in svg and "slope 1.000" in svg
+    # Each legend line fits over the plot (at ~0.62 em a character, DejaVu Sans' mean
+    # width): on one line the legend ran past the plot's right edge and was cut off.
+    width = float(re.search(r'width="([0-9.]+)"', svg).group(1))
+    for x, size, text in re.findall(r'<text x="([0-9.]+)" y="[0-9.]+" font-size="([0-9.]+)"'
+                                    r'[^>]*>(.*?)</text>', svg):
+        if "fit:" in text or "matched landmarks" in text:
+            chars = len(re.sub(r"<[^>]+>", "", text))
+            assert float(x) + 0.62 * float(size) * chars <= width, text
     for bad in ([["a", "b"]], [[1.0]], [[float("nan"), 2.0], [3.0, float("inf")]], None):
         out = alignment_svg(dict(d, alignment=bad))
         assert out.startswith("<svg") and "nan" not in out and "inf" not in out
