@@ -129,6 +129,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from earmark import verify
 from earmark.evidence import Match, Reference
 from earmark.fingerprint import hashes
 from earmark.fingerprint.config import FingerprintConfig, MatchConfig
@@ -1093,6 +1094,18 @@ def refine_candidate(query: QueryLandmarks, seg: SegmentView, si: int, track: in
                      ref_frames=ref_f, q_end_frames=x + query.dt[q_idx])
 
 
+def needs_review(e: _Evidence, mcfg: MatchConfig) -> bool:
+    """Whether evidence is a match with a speed or pitch change that rests on its
+    landmarks alone under ``mcfg.review_max_significance``: one the audio must not refute
+    (:func:`earmark.verify.refutes`).  Not at identity: the wrong matches measured were
+    all transformed (a free tempo and key let a repeated figure of one recording align
+    with another's), while the 135 matches at identity under significance 60 on the
+    game bench all held the catalogue file's waveform (``coherence_z`` 16 or more), so
+    reviewing them would cost a check each and change nothing measured."""
+    return (mcfg.min_significance <= e.significance < mcfg.review_max_significance
+            and not verify.coherence_applies(e.speed, e.pitch))
+
+
 def _coarse_contenders(coarse_out: list[tuple[np.ndarray, np.ndarray]], n_h: int,
                        n_tests: int, total_frames: float, offset_bin_frames: int,
                        mcfg: MatchConfig, exclude: np.ndarray, n_keep: int) -> np.ndarray:
@@ -1134,13 +1147,17 @@ def explained_fraction(found: list["_Evidence"], query_frames: float,
 def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: float,
            track_frames: dict[int, float], fcfg: FingerprintConfig,
            mcfg: MatchConfig, coarse: QueryLandmarks | None = None,
-           dense_coarse: Callable[[], QueryLandmarks] | None = None) -> list[_Evidence]:
+           dense_coarse: Callable[[], QueryLandmarks] | None = None,
+           audio_agrees: Callable[[_Evidence], bool] | None = None) -> list[_Evidence]:
     """Find aligned evidence of catalogue tracks in the query (see module docstring).
 
     ``coarse`` (the query's strongest landmarks, :func:`earmark.fingerprint.landmarks.sparser`)
     enables the coarse-to-fine search over the hypothesis grid.  ``dense_coarse`` gives
     the same at ``mcfg.dense_coarse_peaks_per_second``: called only when the first round
     leaves most of the query unexplained (the second coarse round, module docstring).
+    ``audio_agrees`` reviews transformed matches under ``mcfg.review_max_significance``
+    (:func:`needs_review`): those it refutes are dropped as soon as they are found, so
+    that the later rounds search as if they had not been.
     """
     hyp_s, hyp_p = hypothesis_grid(mcfg)
     n_h = hyp_s.shape[0]
@@ -1265,7 +1282,23 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
                 tried.append((e.line_b, e.speed))
                 found.append(e)
 
+    reviewed: set[int] = set()
+
+    def review() -> None:
+        """Drop the matches found so far that the audio refutes (each reviewed once)."""
+        if audio_agrees is None:
+            return
+        kept = []
+        for e in found:
+            if id(e) not in reviewed and needs_review(e, mcfg):
+                reviewed.add(id(e))
+                if not audio_agrees(e):
+                    continue
+            kept.append(e)
+        found[:] = kept
+
     refine_round(cands)
+    review()
     # Second coarse round: where most of the query is still unexplained, a transformed
     # use may be one voice of a mix, whose peaks the other music pushed out of the
     # strongest few (module docstring).  The speed, tempo and pitch lines are voted again
@@ -1297,6 +1330,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         if ring.any() and not any(e.significance >= mcfg.min_significance for e in found):
             second_round(coarse, np.flatnonzero(ring), mcfg.wide_refine_hypotheses,
                          landmarks_alone=max(mcfg.wide_min_significance, mcfg.min_significance))
+        review()
     if not found:
         return []
     # Contrast is against recordings that reach a match's floor, whatever else is kept.

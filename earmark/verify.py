@@ -588,6 +588,30 @@ def passes(check: AudioCheck | None, mcfg: MatchConfig, contrast: float = np.inf
             and (score is None or score >= mcfg.min_score))
 
 
+def refutes(check: AudioCheck | None, mcfg: MatchConfig) -> bool:
+    """Whether an audio check contradicts a match its landmarks made: the aligned
+    spectrograms do not correlate (under ``refute_max_correlation``), the recording's
+    peaks do not stand out of chance (under ``refute_max_peaks_z``), and the waveform,
+    where it is compared, does not pass the coherence test either.  ``False`` when there
+    is no check (the catalogue file could not be read: nothing to go by).
+
+    >>> from earmark.fingerprint.config import MatchConfig
+    >>> refutes(AudioCheck(correlation=0.24, peaks=0.16, peaks_z=2.7), MatchConfig())
+    True
+    >>> refutes(AudioCheck(correlation=0.47, peaks=0.4, peaks_z=14.8), MatchConfig())
+    False
+    >>> refutes(AudioCheck(correlation=0.58, peaks=0.3, peaks_z=3.5), MatchConfig())
+    False
+    """
+    if check is None:
+        return False
+    if check.coherence_z is not None and check.coherence_z >= mcfg.verify_min_coherence_z \
+            and check.coherence is not None and check.coherence >= mcfg.verify_min_coherence:
+        return False
+    return (check.correlation < mcfg.refute_max_correlation
+            and (check.peaks_z is None or check.peaks_z < mcfg.refute_max_peaks_z))
+
+
 # ----------------------------------------------------------------------------- repeated sections
 
 #: Placing a use among the copies of a repeated section (:func:`placement_gain`): a copy

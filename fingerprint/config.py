@@ -253,6 +253,30 @@ class MatchConfig:
         candidate under ``verify_min_score`` is checked by the coherence test alone.
         ``fp bench``: ``embed_5s_in_30s``, ``noise_white_0db`` and ``noise_pink_0db`` one
         query more each, no query lost, no negative matched.
+    review_max_significance : float
+        With ``verify_audio``, a match with a speed or pitch change that its landmarks
+        alone make significant, but under this, is compared with its catalogue file
+        before it is reported, and dropped where the audio refutes it (both
+        ``refute_max_correlation`` and ``refute_max_peaks_z``); the search then goes on as
+        if it had not been found (a later round may find the recording the query does
+        use).  0 disables.  The chance model counts landmarks as independent, and music
+        is burstier: a repeated figure at a matching tempo aligns many landmarks of two
+        different recordings.  On the dev corpus (session 27) a 10-s excerpt at tempo
+        0.9 and key +5 matched another recording at speed 0.897, key -1.48 (32
+        landmarks, significance 35), and an 8-s excerpt at key -2 in 90 s of other
+        music matched another recording at key -1.89 (significance 58); their audio
+        correlates 0.24 there (peaks 2.7 and 3.0 standard deviations over chance), where
+        the 209 transformed matches of both bench runs under significance 60 correlate
+        0.47 or more, or their peaks stand 9.5 or more over chance.  A check reads a few
+        seconds of the catalogue file (~30 ms); 80 reviews 5 % of the bench's queries
+        (the transformed ones with weaker evidence), chance alignments never reach it.
+    refute_max_correlation, refute_max_peaks_z : float
+        The audio refutes a reviewed match when the aligned spectrograms correlate under
+        ``refute_max_correlation`` and the recording's peaks stand under
+        ``refute_max_peaks_z`` standard deviations over chance
+        (:func:`earmark.verify.refutes`).  Both must fail: a recording under loud other
+        music keeps its peaks while the correlation falls (0.47 at 14.8), and a
+        phase-vocoded one keeps its spectrum while the peaks move (0.58 at 3.5).
     verify_peaks_min_fraction, verify_min_score : float, int
         The peak test also checks candidates under a match's landmark floor: from this
         fraction of ``min_significance`` (0.3: 6 of 20) and this many aligned landmarks
@@ -438,6 +462,9 @@ class MatchConfig:
     coherence_min_score: int = 5
     verify_peaks_min_fraction: float = 0.3
     verify_min_score: int = 7
+    review_max_significance: float = 80.0
+    refute_max_correlation: float = 0.4
+    refute_max_peaks_z: float = 5.0
     audio_edges: bool = True
     max_matches: int = 10
     inlier_seconds: float = 0.048

@@ -415,8 +415,19 @@ class Index:
             coarse = coarse_set(mcfg.coarse_peaks_per_second)
             if mcfg.dense_coarse_peaks_per_second > mcfg.coarse_peaks_per_second:
                 dense_coarse = functools.partial(coarse_set, mcfg.dense_coarse_peaks_per_second)
+        audio_agrees = None
+        if mcfg.verifies and lm.audio is not None and mcfg.review_max_significance > 0:
+            def audio_agrees(e) -> bool:
+                """Whether the catalogue file's audio does not refute evidence ``e``."""
+                m = evidence_to_match(e, self.reference(e.track), lm.duration,
+                                      self.config.frame_seconds)
+                check = verify.verify_segment(lm.audio, m.query_start, m.query_end,
+                                              m.reference.path, m.reference_start, m.speed,
+                                              m.pitch_semitones, self.config)
+                return not verify.refutes(check, mcfg)
         found = search(QueryLandmarks.from_landmarks(lm), self.match_views(), self.total_frames,
-                       self._track_frames, self.config, mcfg, coarse, dense_coarse)
+                       self._track_frames, self.config, mcfg, coarse, dense_coarse,
+                       audio_agrees)
         if lm.audio is not None:
             found = self._placed_by_audio(lm.audio, found, lm.duration, mcfg)
         # Candidates under the threshold may still be verified on the audio, whatever
