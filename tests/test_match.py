@@ -339,6 +339,70 @@ def test_tempo_and_key_beyond_the_first_round_region(catalogue, index, monkeypat
                 if track_of(x) == name and abs(alignment_offset(x) - start) < 0.5]
 
 
+def test_transformed_match_is_dropped_where_its_audio_refutes_it(catalogue, index, monkeypatch,
+                                                                 tmp_path):
+    """A match with a speed or pitch change that rests on its landmarks alone, under
+    ``review_max_significance``, is compared with its catalogue file: kept where the audio
+    agrees; dropped where it is not that recording (the check made to read noise instead),
+    and then the search goes on as if it had not been found (the second round votes).
+    Over the bar, or at identity, a match is not reviewed."""
+    import earmark.match as match_mod
+    from earmark import verify
+
+    name = "track07.flac"
+    y, start = catalogue.excerpt(name, 10.0, 8.0)
+    q = pedalboard.time_stretch(y[None, :], SR, stretch_factor=1.07,
+                                pitch_shift_in_semitones=-2.0)[0].astype(np.float32)
+    review_all = MATCH_PRESETS["default"].with_(review_max_significance=1e9)
+    noise = write_audio(tmp_path / "noise.wav",
+                        0.1 * np.random.default_rng(5).standard_normal(60 * SR).astype(np.float32))
+    real_segment, real_refutes, real_passes = (verify.verify_segment, verify.refutes,
+                                               match_mod._vote_passes)
+    reviews: list[tuple[object, bool]] = []
+    votes = [0]
+
+    def spy_refutes(check, mcfg):
+        reviews.append((check, real_refutes(check, mcfg)))
+        return reviews[-1][1]
+
+    def counted_passes(*args, **kwargs):
+        votes[0] += 1
+        return real_passes(*args, **kwargs)
+
+    monkeypatch.setattr(verify, "refutes", spy_refutes)
+    monkeypatch.setattr(match_mod, "_vote_passes", counted_passes)
+
+    def here(res) -> list:
+        return [m for m in res.matches
+                if track_of(m) == name and abs(alignment_offset(m) - start) < 0.5]
+
+    # The audio agrees: reviewed once, kept.
+    m = check_top(index.match_audio(q, SR, review_all), name, start, speed=1.07, pitch=-2.0)
+    assert len(reviews) == 1 and reviews[0][1] is False
+    assert reviews[0][0].correlation >= review_all.refute_max_correlation
+    votes_kept = votes[0]
+    # Over the bar: not reviewed (the reported significance is rounded to 0.01).
+    reviews.clear()
+    over = review_all.with_(review_max_significance=m.significance - 0.01)
+    assert here(index.match_audio(q, SR, over))
+    assert not reviews
+    # The check reads noise instead of the catalogue file: refuted, dropped, and the
+    # search votes on (the query is unexplained again).
+    monkeypatch.setattr(verify, "verify_segment",
+                        lambda y_, qs, qe, _path, *a, **k: real_segment(y_, qs, qe, noise, *a, **k))
+    votes[0] = 0
+    refuted = index.match_audio(q, SR, review_all)
+    assert reviews and reviews[0][1] is True
+    assert reviews[0][0].correlation < review_all.refute_max_correlation
+    assert not here(refuted)
+    assert votes[0] > votes_kept
+    # At identity the same noise is never asked.
+    reviews.clear()
+    y_clean, start_clean = catalogue.excerpt(name, 10.0, 8.0)
+    check_top(index.match_audio(y_clean, SR, review_all), name, start_clean)
+    assert not reviews
+
+
 @pytest.mark.parametrize("name", ["track02.wav", "track05.wav", "track08.ogg"])
 def test_drums_removed_still_matches(catalogue, index, name):
     """The same piece without its drums (what a stem separator hands an AI pipeline to
