@@ -1285,17 +1285,23 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
     reviewed: set[int] = set()
 
     def review() -> None:
-        """Drop the matches found so far that the audio refutes (each reviewed once)."""
+        """Drop the matches found so far that the audio refutes (each reviewed once),
+        strongest first; evidence a stronger one that stands explains is not reviewed
+        (:func:`_suppress_overlaps` drops it or keeps it as a rival: the same alignment
+        found again under neighbouring transforms was 2-4 checks of every weak match)."""
         if audio_agrees is None:
             return
-        kept = []
-        for e in found:
-            if id(e) not in reviewed and needs_review(e, mcfg):
+        standing: list[_Evidence] = []
+        refuted: set[int] = set()
+        for e in sorted(found, key=lambda e: (-e.score, -e.significance, e.track)):
+            if id(e) not in reviewed and needs_review(e, mcfg) and not any(
+                    _explains(k, e, mcfg.shadow_ratio) for k in standing):
                 reviewed.add(id(e))
                 if not audio_agrees(e):
+                    refuted.add(id(e))
                     continue
-            kept.append(e)
-        found[:] = kept
+            standing.append(e)
+        found[:] = [e for e in found if id(e) not in refuted]
 
     refine_round(cands)
     review()
@@ -1507,6 +1513,17 @@ def _shared_anchors(a: _Evidence, b: _Evidence) -> float:
     return np.intersect1d(qa, qb, assume_unique=True).shape[0] / union if union else 1.0
 
 
+def _explains(k: _Evidence, e: _Evidence, shadow_ratio: float) -> bool:
+    """Whether stronger evidence ``k`` accounts for ``e`` (:func:`_suppress_overlaps`): the
+    same track at the same place, or another track over mostly the same query segment
+    with less than ``shadow_ratio`` of its score."""
+    if k.track == e.track:
+        return _same_place(e, k)
+    lo, hi = _span(e)
+    klo, khi = _span(k)
+    return min(hi, khi) - max(lo, klo) > 0.5 * (hi - lo) and e.score < shadow_ratio * k.score
+
+
 def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float,
                        frame_seconds: float) -> list[_Evidence]:
     """Drop evidence that a stronger match already explains.
@@ -1524,20 +1541,14 @@ def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float,
     kept: list[_Evidence] = []
     min_shift = RIVAL_MIN_SHIFT_SECONDS / frame_seconds
     for e in found:
-        lo, hi = _span(e)
         clash = False
         for k in kept:
-            if k.track == e.track:
-                clash = _same_place(e, k)
-                if (clash and len(k.rivals) < MAX_RIVALS
-                        and e.score >= RIVAL_MIN_SCORE_RATIO * k.score
-                        and abs(e.line_b - k.line_b) >= min_shift
-                        and _shared_anchors(e, k) < RIVAL_MAX_SHARED):
-                    k.rivals.append(e)
-            else:
-                klo, khi = _span(k)
-                clash = (min(hi, khi) - max(lo, klo) > 0.5 * (hi - lo)
-                         and e.score < shadow_ratio * k.score)
+            clash = _explains(k, e, shadow_ratio)
+            if (clash and k.track == e.track and len(k.rivals) < MAX_RIVALS
+                    and e.score >= RIVAL_MIN_SCORE_RATIO * k.score
+                    and abs(e.line_b - k.line_b) >= min_shift
+                    and _shared_anchors(e, k) < RIVAL_MAX_SHARED):
+                k.rivals.append(e)
             if clash:
                 break
         if not clash:
