@@ -1282,7 +1282,9 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
                 tried.append((e.line_b, e.speed))
                 found.append(e)
 
-    reviewed: set[int] = set()
+    # Reviewed evidence by id, the objects kept so that no later evidence takes a
+    # refuted one's id once it is dropped from ``found``.
+    reviewed: dict[int, _Evidence] = {}
 
     def review() -> None:
         """Drop the matches found so far that the audio refutes (each reviewed once),
@@ -1296,7 +1298,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         for e in sorted(found, key=lambda e: (-e.score, -e.significance, e.track)):
             if id(e) not in reviewed and needs_review(e, mcfg) and not any(
                     _explains(k, e, mcfg.shadow_ratio) for k in standing):
-                reviewed.add(id(e))
+                reviewed[id(e)] = e
                 if not audio_agrees(e):
                     refuted.add(id(e))
                     continue
