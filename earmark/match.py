@@ -1295,7 +1295,7 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
             return
         standing: list[_Evidence] = []
         refuted: set[int] = set()
-        for e in sorted(found, key=lambda e: (-e.score, -e.significance, e.track)):
+        for e in sorted(found, key=_strongest_first):
             if id(e) not in reviewed and needs_review(e, mcfg) and not any(
                     _explains(k, e, mcfg.shadow_ratio) for k in standing):
                 reviewed[id(e)] = e
@@ -1515,6 +1515,11 @@ def _shared_anchors(a: _Evidence, b: _Evidence) -> float:
     return np.intersect1d(qa, qb, assume_unique=True).shape[0] / union if union else 1.0
 
 
+def _strongest_first(e: _Evidence) -> tuple[int, float, int]:
+    """Sort key: most landmarks first, then most significant, then track id (deterministic)."""
+    return -e.score, -e.significance, e.track
+
+
 def _explains(k: _Evidence, e: _Evidence, shadow_ratio: float) -> bool:
     """Whether stronger evidence ``k`` accounts for ``e`` (:func:`_suppress_overlaps`): the
     same track at the same place, or another track over mostly the same query segment
@@ -1539,7 +1544,7 @@ def _suppress_overlaps(found: list[_Evidence], shadow_ratio: float,
       of the stronger match's score: a chance alignment riding on audio that is already
       accounted for (a genuinely layered second recording scores comparably).
     """
-    found.sort(key=lambda e: (-e.score, -e.significance, e.track))
+    found.sort(key=_strongest_first)
     kept: list[_Evidence] = []
     min_shift = RIVAL_MIN_SHIFT_SECONDS / frame_seconds
     for e in found:

@@ -419,8 +419,7 @@ class Index:
         if mcfg.verifies and lm.audio is not None and mcfg.review_max_significance > 0:
             def audio_agrees(e) -> bool:
                 """Whether the catalogue file's audio does not refute evidence ``e``."""
-                m = evidence_to_match(e, self.reference(e.track), lm.duration,
-                                      self.config.frame_seconds)
+                m = self._to_match([e], lm.duration)(e)
                 check = verify.verify_segment(lm.audio, m.query_start, m.query_end,
                                               m.reference.path, m.reference_start, m.speed,
                                               m.pitch_semitones, self.config)
