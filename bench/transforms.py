@@ -1153,6 +1153,13 @@ def _register_extended() -> None:
     add("tempokey_-10_+5", "tempokey", _t_chain(_t_tempo(0.9), _t_pitch(5.0)),
         "tempo -10 % and key +5 semitones (beyond the searched tempo-and-key region)",
         seconds=q * 0.9, speed=0.9, pitch_semitones=5.0)
+    # Tempo changed by more than 10 % with the key: a sample fitted to a song of another
+    # tempo (a 100-BPM loop in an 85- or 115-BPM song), away from the speed line.
+    for s, st in ((1.15, -3.0), (0.85, 4.0)):
+        add(f"tempokey_{round((s - 1) * 100):+d}_{st:+g}", "tempokey",
+            _t_chain(_t_tempo(s), _t_pitch(st)),
+            f"tempo {round((s - 1) * 100):+d} % and key {st:+g} semitones (beyond tempo +-10 %)",
+            seconds=q * s, speed=s, pitch_semitones=st)
     add("pv_tempo_+10", "phasevocoder", _t_tempo_pv(1.1),
         "tempo +10 %, pitch kept, librosa phase vocoder", seconds=q * 1.1, speed=1.1)
     add("pv_pitch_+2", "phasevocoder", _t_pitch_pv(2.0),

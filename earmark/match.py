@@ -651,15 +651,19 @@ def hypothesis_grid(cfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
     if cfg.search_tempo_key:
         # The region, then its wider ring (second round only), so that grid indices of
         # the first round do not depend on the ring.
-        tempo_scales = [s for s in scales
-                        if abs(math.log(s)) <= math.log1p(cfg.tempo_key_max_change) + 1e-9]
-        for lo, hi in ((0.0, cfg.tempo_key_max_semitones),
-                       (cfg.tempo_key_max_semitones, cfg.wide_tempo_key_max_semitones)):
-            n_lo, n_hi = (int(math.floor(x / cfg.pitch_step_semitones + 1e-9)) for x in (lo, hi))
-            pitches = [k * cfg.pitch_step_semitones for k in range(-n_hi, n_hi + 1)
-                       if abs(k) > n_lo]
-            hyps += [(s, p) for s in tempo_scales for p in pitches
-                     if abs(p - 12.0 * math.log2(s)) >= 0.5 * cfg.pitch_step_semitones]
+        def within(x: float, limit: float) -> bool:
+            return abs(x) <= limit + 1e-9
+
+        n_p = int(math.floor(cfg.wide_tempo_key_max_semitones / cfg.pitch_step_semitones + 1e-9))
+        pitches = [k * cfg.pitch_step_semitones for k in range(-n_p, n_p + 1) if k != 0]
+        first = math.log1p(cfg.tempo_key_max_change)
+        wide = max(first, math.log1p(cfg.wide_tempo_key_max_change))
+        for in_first_round in (True, False):
+            hyps += [(s, p) for s in scales for p in pitches
+                     if within(math.log(s), wide)
+                     and abs(p - 12.0 * math.log2(s)) >= 0.5 * cfg.pitch_step_semitones
+                     and in_first_round == (within(math.log(s), first)
+                                            and within(p, cfg.tempo_key_max_semitones))]
     arr = np.asarray(hyps, dtype=np.float64)
     speeds, shifts = arr[:, 0].copy(), arr[:, 1].copy()
     speeds.flags.writeable = shifts.flags.writeable = False
@@ -667,20 +671,25 @@ def hypothesis_grid(cfg: MatchConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tempo_key_region(hyp_s: np.ndarray, hyp_p: np.ndarray,
-                     max_semitones: float = math.inf) -> np.ndarray:
+                     max_semitones: float = math.inf,
+                     max_tempo_change: float = math.inf) -> np.ndarray:
     """Mask of the hypotheses on none of the speed, tempo and pitch lines: the region
     where tempo and key changed independently (``MatchConfig.search_tempo_key``), key
-    within ``max_semitones``.
+    within ``max_semitones`` and tempo within ``max_tempo_change`` (0.1: +-10 %, on a
+    log scale).
 
-    >>> s = np.array([1.0, 1.06, 1.06, 1.06, 1.0, 0.95])
-    >>> p = np.array([0.0, 0.0, 12 * np.log2(1.06), -2.0, 3.0, 5.0])
+    >>> s = np.array([1.0, 1.06, 1.06, 1.06, 1.0, 0.95, 0.85])
+    >>> p = np.array([0.0, 0.0, 12 * np.log2(1.06), -2.0, 3.0, 5.0, 2.0])
     >>> tempo_key_region(s, p).tolist()
-    [False, False, False, True, False, True]
+    [False, False, False, True, False, True, True]
     >>> tempo_key_region(s, p, 3.0).tolist()
-    [False, False, False, True, False, False]
+    [False, False, False, True, False, False, True]
+    >>> tempo_key_region(s, p, 3.0, 0.1).tolist()
+    [False, False, False, True, False, False, False]
     """
     return (hyp_s != 1.0) & (hyp_p != 0.0) & (np.abs(hyp_p - 12.0 * np.log2(hyp_s)) > 1e-9) \
-        & (np.abs(hyp_p) <= max_semitones + 1e-9)
+        & (np.abs(hyp_p) <= max_semitones + 1e-9) \
+        & (np.abs(np.log(hyp_s)) <= np.log1p(max_tempo_change) + 1e-9)
 
 
 def key_order(f1_bin: np.ndarray, df: np.ndarray, dt: np.ndarray) -> np.ndarray:
@@ -1170,8 +1179,9 @@ def search(query: QueryLandmarks, segments: list[SegmentView], total_frames: flo
         and n_h > 1 + mcfg.refine_hypotheses
     # The lines and the tempo-and-key region are separate jobs for the voting threads
     # (the region is as large as the lines: one pass would split unevenly).
-    region = tempo_key_region(hyp_s, hyp_p, mcfg.tempo_key_max_semitones)
-    ring = tempo_key_region(hyp_s, hyp_p) & ~region     # the second round's wider keys
+    region = tempo_key_region(hyp_s, hyp_p, mcfg.tempo_key_max_semitones,
+                              mcfg.tempo_key_max_change)
+    ring = tempo_key_region(hyp_s, hyp_p) & ~region     # the second round's wider plane
     lines, plane = np.flatnonzero(~region & ~ring), np.flatnonzero(region)
     # Significance counts the hypotheses of the first two rounds: the ring is voted only
     # where they found nothing, and its evidence must reach wide_min_significance, ten

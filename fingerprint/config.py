@@ -448,6 +448,7 @@ class MatchConfig:
     tempo_key_max_change: float = 0.1
     tempo_key_max_semitones: float = 3.0
     wide_tempo_key_max_semitones: float = 6.0
+    wide_tempo_key_max_change: float = 0.1
     wide_refine_hypotheses: int = 2
     wide_min_significance: float = 30.0
     offset_bin_frames: int = 4
